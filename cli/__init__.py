@@ -1,0 +1,1 @@
+"""The `elasticfl` command line (installed as the `elasticfl_cli` package)."""

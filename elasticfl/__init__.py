@@ -1,0 +1,51 @@
+"""elasticfl: elastic federated learning on Ray, for mixed HPC and cloud clusters.
+
+The configuration, errors and core math import without Ray; the functions
+that run things (``run``, ``submit``, ...) load Ray on first use.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+from .config import RunConfig
+from .errors import (
+    CheckpointError,
+    CheckpointNotFoundError,
+    ClusterError,
+    ConfigError,
+    ElasticFLError,
+    RunFailedError,
+    RunNotFoundError,
+    StorageError,
+    TaskError,
+    UpdateRejected,
+)
+from .weights import weights_sha256
+
+__version__ = "0.1.0"
+
+_API = ("run", "submit", "attach", "status", "stop", "checkpoints", "RunHandle", "RunResult")
+
+__all__ = [
+    "RunConfig",
+    "weights_sha256",
+    "ElasticFLError",
+    "ConfigError",
+    "CheckpointError",
+    "CheckpointNotFoundError",
+    "StorageError",
+    "RunNotFoundError",
+    "RunFailedError",
+    "ClusterError",
+    "TaskError",
+    "UpdateRejected",
+    *_API,
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        return getattr(import_module(".api", __name__), name)
+    raise AttributeError(f"module 'elasticfl' has no attribute {name!r}")

@@ -1,0 +1,199 @@
+"""The Python API: submit or run a config, follow it, stop it, inspect finished runs.
+
+    import elasticfl
+    result = elasticfl.run(elasticfl.RunConfig.from_yaml("examples/digits.yaml"))
+    handle = elasticfl.submit(config)      # handle.status(), handle.rounds(), handle.wait(), handle.stop()
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import ray
+
+from .checkpoint import CheckpointInfo, CheckpointStore
+from .config import DEFAULT_STORAGE, Environment, RunConfig
+from .controller import STATUS_FILE, RunState
+from .errors import RunFailedError, RunNotFoundError
+from .runtime import ControllerActor, connect, controller_name
+
+__all__ = ["run", "submit", "attach", "status", "stop", "checkpoints", "RunHandle", "RunResult", "new_run_id"]
+
+_POLL_S = 0.1
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    state: str
+    round: int
+    rounds: int
+    metrics: dict[str, float]
+    weights_sha256: str | None
+    checkpoint: str | None
+    error: str | None = None
+    history: list[dict[str, Any]] = field(default_factory=list, repr=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.state == RunState.COMPLETED.value
+
+
+def new_run_id(name: str) -> str:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return f"{name}-{stamp}-{secrets.token_hex(2)}"
+
+
+def _prepare(config: RunConfig, address: str | None, storage: str | None) -> RunConfig:
+    """Resolve what depends on the driver's machine (cwd, environment) before the config travels."""
+    env = Environment.read()
+    store = storage or config.resolved_storage(env)
+    if "://" not in store:  # a local folder: make it absolute, the controller runs elsewhere
+        store = Path(store).expanduser().resolve().as_uri()
+    return config.with_overrides(
+        checkpoint={"storage": store, "endpoint_url": config.resolved_endpoint(env)},
+        cluster={"address": address if address is not None else config.cluster.address},
+    )
+
+
+class RunHandle:
+    """A run on the cluster, followed from this driver (or re-attached by run id)."""
+
+    def __init__(self, run_id: str, actor: Any, config: RunConfig | None = None) -> None:
+        self.run_id = run_id
+        self.config = config
+        self._actor = actor
+        self._seen = 0
+        self.history: list[dict[str, Any]] = []
+        self._last_status: dict[str, Any] | None = None
+
+    def status(self) -> dict[str, Any]:
+        self._last_status = ray.get(self._actor.status.remote())
+        return self._last_status
+
+    def stop(self) -> None:
+        """Graceful: the round in flight finishes and is checkpointed, then the run stops."""
+        ray.get(self._actor.stop.remote())
+
+    def rounds(self, poll_s: float = _POLL_S) -> Iterator[dict[str, Any]]:
+        """Yield each round's history record as it completes, until the run finishes."""
+        while True:
+            status, new = ray.get(self._actor.poll.remote(self._seen))
+            self._last_status = status
+            for record in new:
+                self._seen = record["round"]
+                self.history.append(record)
+                yield record
+            if RunState(status["state"]).finished:
+                return
+            time.sleep(poll_s)
+
+    def wait(self, on_round: Callable[[dict[str, Any]], None] | None = None) -> RunResult:
+        for record in self.rounds():
+            if on_round is not None:
+                on_round(record)
+        status = self._last_status or self.status()
+        self._actor.release.remote()
+        return RunResult(
+            run_id=self.run_id,
+            state=status["state"],
+            round=status["round"],
+            rounds=status["rounds"],
+            metrics=status["metrics"],
+            weights_sha256=status["weights_sha256"],
+            checkpoint=status["checkpoint"],
+            error=status["error"],
+            history=self.history,
+        )
+
+    def weights(self) -> list:
+        return ray.get(self._actor.weights.remote())
+
+
+def submit(
+    config: RunConfig,
+    *,
+    run_id: str | None = None,
+    resume: bool = False,
+    address: str | None = None,
+    storage: str | None = None,
+    quiet: bool = False,
+) -> RunHandle:
+    """Start (or resume) a run on the cluster and return at once."""
+    config = _prepare(config, address, storage)
+    run_id = run_id or new_run_id(config.run.name)
+    connect(config.cluster.address, config.cluster.namespace, quiet=quiet)
+    options: dict[str, Any] = {
+        "name": controller_name(run_id),
+        "namespace": config.cluster.namespace,
+        "lifetime": "detached",  # outlives the driver: a run keeps going when the laptop closes
+        "max_restarts": -1,  # restarted on another node, it resumes from the latest checkpoint
+        "max_task_retries": 0,
+    }
+    if config.cluster.runtime_env:
+        options["runtime_env"] = config.cluster.runtime_env
+    actor = ControllerActor.options(**options).remote(config.to_dict(), run_id, resume)
+    return RunHandle(run_id, actor, config)
+
+
+def run(
+    config: RunConfig,
+    *,
+    run_id: str | None = None,
+    resume: bool = False,
+    address: str | None = None,
+    storage: str | None = None,
+    on_round: Callable[[dict[str, Any]], None] | None = None,
+    raise_on_failure: bool = True,
+    quiet: bool = False,
+) -> RunResult:
+    """Run to the end and return the outcome (raises RunFailedError if the run failed)."""
+    handle = submit(config, run_id=run_id, resume=resume, address=address, storage=storage, quiet=quiet)
+    result = handle.wait(on_round)
+    if raise_on_failure and result.state == RunState.FAILED.value:
+        raise RunFailedError(f"run {result.run_id} failed: {result.error}")
+    return result
+
+
+def attach(run_id: str, *, address: str | None = None, namespace: str = "elasticfl") -> RunHandle:
+    """A handle on a running run's controller (RunNotFoundError if none is running)."""
+    connect(address, namespace, quiet=True)
+    try:
+        actor = ray.get_actor(controller_name(run_id), namespace=namespace)
+    except ValueError:
+        raise RunNotFoundError(f"no running controller for run {run_id!r} in namespace {namespace!r}") from None
+    return RunHandle(run_id, actor)
+
+
+def _store(run_id: str, storage: str | None) -> CheckpointStore:
+    env = Environment.read()
+    return CheckpointStore(storage or env.storage or DEFAULT_STORAGE, run_id, endpoint_url=env.s3_endpoint_url)
+
+
+def status(run_id: str, *, storage: str | None = None, address: str | None = None, namespace: str = "elasticfl") -> dict[str, Any]:
+    """A running run's status from its controller; a finished one's from storage."""
+    if address is not None or ray.is_initialized():
+        try:
+            return attach(run_id, address=address, namespace=namespace).status()
+        except RunNotFoundError:
+            pass
+    saved = _store(run_id, storage).read_json(STATUS_FILE)
+    if saved is None:
+        raise RunNotFoundError(
+            f"run {run_id!r} is not running and has no status under its storage; "
+            "check the run id and --storage (or ELASTICFL_STORAGE)"
+        )
+    return saved
+
+
+def stop(run_id: str, *, address: str | None = None, namespace: str = "elasticfl") -> None:
+    attach(run_id, address=address, namespace=namespace).stop()
+
+
+def checkpoints(run_id: str, *, storage: str | None = None, verify: bool = True) -> list[CheckpointInfo]:
+    return _store(run_id, storage).list(verify=verify)

@@ -1,0 +1,274 @@
+"""The round loop as a plain class: select, dispatch, aggregate, evaluate, checkpoint.
+
+No Ray here: the runtime wraps this class in an actor and hands it a pool of
+executor actors; a unit test hands it an in-process pool and steps it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Callable
+
+import numpy as np
+
+from ..checkpoint import Checkpoint, CheckpointStore
+from ..config import RunConfig
+from ..errors import CheckpointNotFoundError, ConfigError, RunFailedError
+from ..selection import UniformSelector, make_units
+from ..strategies import WeightedSum, build_strategy
+from ..weights import Weights, weights_nbytes, weights_sha256
+from ._types import ExecutorPool, RunState
+
+__all__ = ["Controller", "STATUS_FILE"]
+
+log = logging.getLogger("elasticfl.controller")
+STATUS_FILE = "status.json"
+
+# Config sections whose change would make a resumed run compute something else.
+_DETERMINING = ("task", "data", "cohort", "strategy")
+
+
+class Controller:
+    def __init__(
+        self,
+        config: RunConfig,
+        run_id: str,
+        pool: ExecutorPool,
+        store: CheckpointStore,
+        *,
+        resume: bool = False,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.run_id = run_id
+        self.pool = pool
+        self.store = store
+        self.resume = resume
+        self.clock = clock
+        self.strategy = build_strategy(config.strategy)
+        n = config.data.num_clients
+        self.selector = UniformSelector(n, config.cohort.size(n), config.run.seed)
+        self.state = RunState.PENDING
+        self.round = 0  # the last completed round
+        self.weights: Weights | None = None
+        self.history: list[dict[str, Any]] = []
+        self.error: str | None = None
+        self.last_checkpoint: str | None = None
+        self.weights_digest: str | None = None
+        self.started_at = clock()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._saver = ThreadPoolExecutor(1, thread_name_prefix="elasticfl-checkpoint")
+        self._pending_save: Future | None = None
+
+    # -- life cycle ------------------------------------------------------------------
+    def start(self) -> None:
+        """Load the latest checkpoint (resume) or initialise fresh weights."""
+        if self.resume:
+            checkpoint = self.store.latest()
+            if checkpoint is None:
+                raise CheckpointNotFoundError(
+                    f"no complete checkpoint for run {self.run_id!r} under {self.store.run_uri}; "
+                    "check checkpoint.storage and the run id, or start without --resume"
+                )
+            self._restore(checkpoint)
+        else:
+            if self.store.list():
+                raise ConfigError(
+                    f"run {self.run_id!r} already has checkpoints under {self.store.run_uri}; "
+                    "pass --resume to continue it, or choose another --run-id"
+                )
+            self.weights = self.pool.init_weights()
+        self.state = RunState.COMPLETED if self.round >= self.config.run.rounds else RunState.RUNNING
+        self._write_status()
+
+    def run(self) -> RunState:
+        """Run rounds until done, stopped or failed; always leaves a final status behind."""
+        try:
+            if self.state is RunState.PENDING:
+                self.start()
+            while self.state is RunState.RUNNING:
+                self.state = self.step()
+        except Exception as exc:  # the run fails; the reason goes to status and storage
+            log.exception("run %s failed", self.run_id)
+            self.error = f"{type(exc).__name__}: {exc}"
+            self.state = RunState.FAILED
+        finally:
+            self._finish()
+        return self.state
+
+    def request_stop(self) -> None:
+        """Graceful stop: the round in flight finishes and is checkpointed."""
+        self._stop.set()
+
+    # -- one round ---------------------------------------------------------------------
+    def step(self) -> RunState:
+        """Run the next round; return the state the run is in afterwards."""
+        assert self.weights is not None
+        r = self.round + 1
+        started = self.clock()
+        cohort = self.selector.cohort(r)
+        units = make_units(cohort, self.config.executors.unit_size)
+        results = sorted(self.pool.train_units(r, self.weights, units), key=lambda u: u.unit_id)
+
+        summed = WeightedSum()
+        clients = []
+        for unit in results:  # unit order: the float sums never depend on who ran what
+            summed.merge(unit.summed)
+            clients.extend(unit.clients)
+        clients.sort(key=lambda c: c.client_id)
+        ok = sum(c.status == "ok" for c in clients)
+        quorum = self.config.cohort.min_clients or 1
+        if ok < quorum:
+            reasons = sorted({c.reason for c in clients if c.reason})[:3]
+            raise RunFailedError(
+                f"round {r}: {ok} of {len(cohort)} clients returned a usable update, fewer than "
+                f"cohort.min_clients={quorum}; reasons: {reasons or 'none reported'}"
+            )
+        new_weights = self.strategy.aggregate(self.weights, summed)
+        metrics = {}
+        every = self.config.evaluation.every
+        if every and (r % every == 0 or r == self.config.run.rounds):
+            metrics = self.pool.evaluate(new_weights)
+        train_losses = [c.metrics["train_loss"] for c in clients if c.status == "ok" and "train_loss" in c.metrics]
+        if train_losses:
+            metrics["train_loss"] = float(np.mean(train_losses))
+
+        record = {
+            "round": r,
+            "started_at": started,
+            "duration_s": round(self.clock() - started, 6),
+            "metrics": metrics,
+            "cohort": [int(c) for c in cohort],
+            "units": len(units),
+            "clients_ok": ok,
+            "clients_failed": len(clients) - ok,
+            "unit_retries": sum(u.attempts - 1 for u in results),
+            "bytes_broadcast": weights_nbytes(self.weights),
+            "clients": [c.to_dict() for c in clients],
+        }
+        with self._lock:
+            self.weights = new_weights
+            self.round = r
+            self.history.append(record)
+        last = r >= self.config.run.rounds
+        if last or r % self.config.checkpoint.every == 0 or self._stop.is_set():
+            self._checkpoint()
+        if last:
+            return RunState.COMPLETED
+        return RunState.STOPPED if self._stop.is_set() else RunState.RUNNING
+
+    # -- checkpoints -------------------------------------------------------------------
+    def _checkpoint(self) -> None:
+        """Save in the background so the next round overlaps the write; one save at a time."""
+        self._wait_for_save()
+        arrays, strategy_scalars = _flatten_state(self.weights or [], self.strategy.state_dict())
+        state = {
+            "format": 1,
+            "run_id": self.run_id,
+            "round": self.round,
+            "config": self.config.to_dict(),
+            "strategy": strategy_scalars,
+            "history": list(self.history),
+        }
+        self._pending_save = self._saver.submit(self._save, self.round, arrays, state, list(self.weights or []))
+
+    def _save(self, round: int, arrays: dict[str, np.ndarray], state: dict, weights: Weights) -> None:
+        digest = weights_sha256(weights)
+        state["weights_sha256"] = digest
+        uri = self.store.save(round, arrays, state)
+        with self._lock:
+            self.last_checkpoint, self.weights_digest = uri, digest
+        self._write_status()
+
+    def _wait_for_save(self) -> None:
+        if self._pending_save is not None:
+            future, self._pending_save = self._pending_save, None
+            try:
+                future.result()
+            except Exception as exc:  # a failed save is retried by the store; after that, the run goes on
+                log.error("checkpoint failed for run %s: %s", self.run_id, exc)
+                with self._lock:
+                    self.error = f"last checkpoint failed: {exc}"
+
+    def _restore(self, checkpoint: Checkpoint) -> None:
+        state = checkpoint.state
+        saved = RunConfig.from_dict(state["config"], source=f"checkpoint {checkpoint.uri}")
+        changed = [s for s in _DETERMINING if getattr(saved, s) != getattr(self.config, s)]
+        if saved.run.seed != self.config.run.seed:
+            changed.append("run.seed")
+        if changed:
+            raise ConfigError(
+                f"cannot resume run {self.run_id!r}: {', '.join(changed)} differ from the checkpointed config; "
+                "resume with the same config (only run.rounds, executors, checkpoint and cluster may change)"
+            )
+        weights, strategy_state = _unflatten_state(checkpoint.arrays, state.get("strategy", {}))
+        self.strategy.load_state_dict(strategy_state)
+        self.weights = weights
+        self.round = int(state["round"])
+        self.history = list(state.get("history", []))
+        self.last_checkpoint = checkpoint.uri
+        self.weights_digest = state.get("weights_sha256")
+        log.info("run %s resumed from round %d (%s)", self.run_id, self.round, checkpoint.uri)
+
+    def _finish(self) -> None:
+        self._wait_for_save()
+        if self.state is RunState.COMPLETED and self.weights is not None and self.weights_digest is None:
+            self.weights_digest = weights_sha256(self.weights)
+        try:
+            self._write_status()
+        except Exception as exc:  # storage gone: the status still answers from memory
+            log.error("could not write final status for run %s: %s", self.run_id, exc)
+        self._saver.shutdown(wait=True)
+
+    # -- what callers can see ----------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        with self._lock:
+            last = self.history[-1] if self.history else None
+            return {
+                "run_id": self.run_id,
+                "name": self.config.run.name,
+                "state": self.state.value,
+                "round": self.round,
+                "rounds": self.config.run.rounds,
+                "metrics": dict(last["metrics"]) if last else {},
+                "weights_sha256": self.weights_digest,
+                "checkpoint": self.last_checkpoint,
+                "storage": self.store.run_uri,
+                "error": self.error,
+                "started_at": self.started_at,
+                "updated_at": self.clock(),
+            }
+
+    def history_since(self, after_round: int) -> list[dict[str, Any]]:
+        with self._lock:
+            return [h for h in self.history if h["round"] > after_round]
+
+    def _write_status(self) -> None:
+        self.store.write_json(STATUS_FILE, self.status())
+
+
+def _flatten_state(weights: Weights, strategy_state: dict[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Arrays go to the checkpoint's binary part, everything else to its JSON."""
+    arrays = {f"weights/{i}": w for i, w in enumerate(weights)}
+    scalars: dict[str, Any] = {}
+    for key, value in strategy_state.items():
+        if isinstance(value, (list, tuple)) and value and all(isinstance(v, np.ndarray) for v in value):
+            arrays.update({f"strategy/{key}/{i}": v for i, v in enumerate(value)})
+        else:
+            scalars[key] = value
+    return arrays, scalars
+
+
+def _unflatten_state(arrays: dict[str, np.ndarray], scalars: dict[str, Any]) -> tuple[Weights, dict[str, Any]]:
+    def ordered(prefix: str) -> list[np.ndarray]:
+        keys = sorted((k for k in arrays if k.startswith(prefix)), key=lambda k: int(k.rsplit("/", 1)[1]))
+        return [np.array(arrays[k]) for k in keys]  # writable copies
+
+    state: dict[str, Any] = dict(scalars)
+    for name in {k.split("/")[1] for k in arrays if k.startswith("strategy/")}:
+        state[name] = ordered(f"strategy/{name}/")
+    return ordered("weights/"), state

@@ -1,0 +1,68 @@
+"""Values exchanged between the controller, its executor pool and its callers."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+from ..selection import WorkUnit
+from ..strategies import WeightedSum
+from ..weights import Weights
+
+__all__ = ["RunState", "ClientReport", "UnitResult", "ExecutorPool"]
+
+
+class RunState(str, enum.Enum):
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    STOPPED = "stopped"
+
+    @property
+    def finished(self) -> bool:
+        return self in (RunState.COMPLETED, RunState.FAILED, RunState.STOPPED)
+
+
+@dataclass
+class ClientReport:
+    """What one client's training in one round came to; goes into the history."""
+
+    client_id: int
+    status: str  # "ok" | "rejected" | "failed"
+    num_examples: int = 0
+    duration_s: float = 0.0
+    node_id: str = ""
+    reason: str | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        if d["reason"] is None:
+            del d["reason"]
+        return d
+
+
+@dataclass
+class UnitResult:
+    """One work unit's pre-aggregated updates and per-client reports."""
+
+    unit_id: int
+    summed: WeightedSum
+    clients: list[ClientReport]
+    attempts: int = 1
+
+
+class ExecutorPool(Protocol):
+    """Runs client work somewhere; the controller does not care where."""
+
+    def init_weights(self) -> Weights: ...
+
+    def train_units(self, round: int, weights: Weights, units: list[WorkUnit]) -> list[UnitResult]: ...
+
+    def evaluate(self, weights: Weights) -> dict[str, float]: ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+    def shutdown(self) -> None: ...

@@ -1,0 +1,16 @@
+"""Everything that touches Ray: actors, the executor pool, resource options, connecting."""
+
+from ._cluster import connect, controller_name
+from ._controller_actor import ControllerActor, make_store
+from ._pool import RayExecutorPool
+from ._resources import executor_options, executors_that_fit
+
+__all__ = [
+    "ControllerActor",
+    "RayExecutorPool",
+    "connect",
+    "controller_name",
+    "executor_options",
+    "executors_that_fit",
+    "make_store",
+]

@@ -1,0 +1,108 @@
+"""The built-in torch classifier: model factory, SGD local training, central evaluation.
+
+Weights cross this boundary as numpy in ``state_dict`` order; torch is imported
+only here, so the controller and the driver never load it.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..weights import Weights
+from ..errors import TaskError
+from ._base import ClientData, TrainContext, TrainResult, load_object
+
+__all__ = ["ClassificationTask", "mlp", "linear"]
+
+
+def mlp(input_dim: int, num_classes: int, hidden: list[int]) -> nn.Module:
+    layers: list[nn.Module] = []
+    width = input_dim
+    for h in hidden:
+        layers += [nn.Linear(width, h), nn.ReLU()]
+        width = h
+    layers.append(nn.Linear(width, num_classes))
+    return nn.Sequential(*layers)
+
+
+def linear(input_dim: int, num_classes: int, hidden: list[int]) -> nn.Module:
+    return nn.Linear(input_dim, num_classes)
+
+
+class ClassificationTask:
+    def __init__(self, config) -> None:  # a ClassificationTaskConfig
+        self.config = config
+        self._model: nn.Module | None = None
+        self._train_fn: Callable | None = load_object(config.train, "task.train") if config.train else None
+        self._eval_fn: Callable | None = load_object(config.evaluate, "task.evaluate") if config.evaluate else None
+
+    # -- model -------------------------------------------------------------------
+    def _factory(self) -> Callable[..., nn.Module]:
+        if self.config.model == "mlp":
+            return mlp
+        if self.config.model == "linear":
+            return linear
+        factory = load_object(self.config.model, "task.model")
+        return lambda i, c, hidden: factory(i, c)
+
+    def init_weights(self, seed: int, data_shape: tuple[int, int] | None) -> Weights:
+        if data_shape is None:
+            raise TaskError("the classification task needs a dataset (data.dataset) to size its model")
+        torch.manual_seed(seed)
+        self._model = self._factory()(data_shape[0], data_shape[1], list(self.config.hidden))
+        return [t.detach().cpu().numpy().copy() for t in self._model.state_dict().values()]
+
+    def _load(self, weights: Weights, data: ClientData) -> nn.Module:
+        if self._model is None:  # an executor that did not initialise the run builds the skeleton here
+            self._model = self._factory()(data.x.shape[1], data.num_classes, list(self.config.hidden))
+        state = {k: torch.from_numpy(np.array(w)) for k, w in zip(self._model.state_dict(), weights)}
+        self._model.load_state_dict(state)
+        return self._model
+
+    # -- client training ---------------------------------------------------------
+    def train(self, weights: Weights, data: ClientData, ctx: TrainContext) -> TrainResult:
+        n = len(data)
+        if n == 0:
+            return TrainResult(list(weights), 0)  # nothing to learn from: weight 0
+        model = self._load(weights, data)
+        if self._train_fn is not None:
+            metrics = self._train_fn(model, data, ctx, self.config) or {}
+        else:
+            metrics = self._sgd(model, data, ctx)
+        new = [t.detach().cpu().numpy().copy() for t in model.state_dict().values()]
+        return TrainResult(new, n, metrics)
+
+    def _sgd(self, model: nn.Module, data: ClientData, ctx: TrainContext) -> dict[str, float]:
+        cfg = self.config
+        x, y = torch.from_numpy(data.x), torch.from_numpy(data.y)
+        opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        loss_fn = nn.CrossEntropyLoss()
+        model.train()
+        total, batches = 0.0, 0
+        for _ in range(cfg.epochs):
+            order = torch.from_numpy(ctx.rng.permutation(len(data)))
+            for start in range(0, len(data), cfg.batch_size):
+                idx = order[start : start + cfg.batch_size]
+                opt.zero_grad(set_to_none=True)
+                loss = loss_fn(model(x[idx]), y[idx])
+                loss.backward()
+                opt.step()
+                total += loss.item()
+                batches += 1
+        return {"train_loss": total / max(batches, 1)}
+
+    # -- central evaluation ------------------------------------------------------
+    def evaluate(self, weights: Weights, data: ClientData) -> dict[str, float]:
+        model = self._load(weights, data)
+        if self._eval_fn is not None:
+            return dict(self._eval_fn(model, data, self.config))
+        model.eval()
+        with torch.no_grad():
+            logits = model(torch.from_numpy(data.x))
+            loss = nn.functional.cross_entropy(logits, torch.from_numpy(data.y))
+            acc = (logits.argmax(1).numpy() == data.y).mean()
+        return {"loss": float(loss), "accuracy": float(acc)}

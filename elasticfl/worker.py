@@ -1,0 +1,133 @@
+"""The client work an executor does, as a plain class (the runtime wraps it in an actor).
+
+A ClientWorker serves many logical clients one after another: it loads the
+data set and its partition once, then trains each client of a work unit,
+rejects bad updates, and returns one partial weighted sum for the unit.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+
+from .config import RunConfig
+from .controller._types import ClientReport, UnitResult
+from .selection import WorkUnit, client_seed
+from .strategies import WeightedSum
+from .tasks import ClientData, Task, TrainContext, build_task
+from .weights import Weights, check_update
+
+__all__ = ["ClientWorker", "InProcessPool"]
+
+log = logging.getLogger("elasticfl.worker")
+
+
+class ClientWorker:
+    def __init__(self, config: RunConfig, node_id: str = "local") -> None:
+        self.config = config
+        self.node_id = node_id
+        self._task: Task | None = None
+        self._clients: list[np.ndarray] | None = None  # row indices per client
+        self._dataset: Any = None
+
+    # -- lazy set-up: the first call pays for imports and data loading ----------------
+    @property
+    def task(self) -> Task:
+        if self._task is None:
+            self._task = build_task(self.config.task)
+        return self._task
+
+    def _load_data(self) -> None:
+        if self._clients is not None:
+            return
+        data = self.config.data
+        if data.dataset == "none":
+            self._clients = [np.empty(0, np.int64)] * data.num_clients
+            return
+        from .datasets import load_dataset
+        from .partition import make_partition
+
+        self._dataset = load_dataset(data.dataset, root=data.root)
+        seed = data.partition.seed if data.partition.seed is not None else self.config.run.seed
+        self._clients = make_partition(
+            data.partition.name, self._dataset.y_train, data.num_clients, seed, **data.partition.params()
+        )
+
+    def client_data(self, client_id: int) -> ClientData:
+        self._load_data()
+        assert self._clients is not None
+        if self._dataset is None:
+            return ClientData(np.empty((0, 0), np.float32), np.empty(0, np.int64))
+        rows = self._clients[client_id]
+        ds = self._dataset
+        return ClientData(ds.x_train[rows], ds.y_train[rows], ds.num_classes)
+
+    def data_shape(self) -> tuple[int, int] | None:
+        self._load_data()
+        if self._dataset is None:
+            return None
+        return int(self._dataset.x_train.shape[1]), int(self._dataset.num_classes)
+
+    # -- the three things a controller asks for ---------------------------------------
+    def init_weights(self) -> Weights:
+        return self.task.init_weights(self.config.run.seed, self.data_shape())
+
+    def run_unit(self, round: int, weights: Weights, unit: WorkUnit) -> UnitResult:
+        self._load_data()
+        task = self.task
+        summed = WeightedSum()
+        reports = []
+        for cid in unit.client_ids:  # client-id order: the partial sum's bits depend on nothing else
+            start = time.perf_counter()
+            ctx = TrainContext(round, cid, self.config.run.seed, np.random.default_rng(client_seed(self.config.run.seed, round, cid)))
+            try:
+                result = task.train(weights, self.client_data(cid), ctx)
+                reason = check_update(result.weights, weights)
+                if reason is None and not (isinstance(result.num_examples, (int, np.integer)) and result.num_examples >= 0):
+                    reason = f"num_examples must be a non-negative int, got {result.num_examples!r}"
+            except Exception as exc:  # user code: one bad client must not sink the unit
+                log.warning("client %d failed in round %d: %r", cid, round, exc)
+                reports.append(self._report(cid, "failed", start, reason=f"{type(exc).__name__}: {exc}"))
+                continue
+            if reason is not None:
+                log.warning("rejected client %d's update in round %d: %s", cid, round, reason)
+                reports.append(self._report(cid, "rejected", start, reason=reason))
+                continue
+            summed.add(result.weights, int(result.num_examples))
+            reports.append(self._report(cid, "ok", start, n=int(result.num_examples), metrics=result.metrics))
+        return UnitResult(unit.unit_id, summed, reports)
+
+    def evaluate(self, weights: Weights) -> dict[str, float]:
+        self._load_data()
+        if self._dataset is None:
+            return {}
+        ds = self._dataset
+        return self.task.evaluate(weights, ClientData(ds.x_test, ds.y_test, ds.num_classes))
+
+    def _report(self, cid: int, status: str, start: float, n: int = 0, reason: str | None = None, metrics=None) -> ClientReport:
+        return ClientReport(cid, status, n, round(time.perf_counter() - start, 6), self.node_id, reason, dict(metrics or {}))
+
+
+class InProcessPool:
+    """Runs every unit in this process, in order: for tests and for debugging without Ray."""
+
+    def __init__(self, config: RunConfig) -> None:
+        self.worker = ClientWorker(config)
+
+    def init_weights(self) -> Weights:
+        return self.worker.init_weights()
+
+    def train_units(self, round: int, weights: Weights, units: list[WorkUnit]) -> list[UnitResult]:
+        return [self.worker.run_unit(round, weights, u) for u in units]
+
+    def evaluate(self, weights: Weights) -> dict[str, float]:
+        return self.worker.evaluate(weights)
+
+    def describe(self) -> dict[str, Any]:
+        return {"executors": 1, "kind": "in-process"}
+
+    def shutdown(self) -> None:
+        pass
