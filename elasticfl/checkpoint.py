@@ -1,17 +1,15 @@
-"""Checkpoint store: one layout over pyarrow.fs for ``file://``, ``s3://`` and ``gs://``.
+"""Checkpoint store over pyarrow.fs for ``file://`` (or a plain path), ``s3://`` and ``gs://``.
 
-``{storage}/{run_id}/checkpoints/round-{round:08d}/`` holds ``arrays.bin`` (the raw C-order bytes
-of every array, each 64-byte aligned), ``state.json`` and ``MANIFEST.json`` (sizes, sha256, the
-array index), written LAST. A checkpoint is complete or invisible: each file is serialised fully
-in memory first and written as one buffer per put; readers trust nothing without a manifest whose
-checksums match.
-
-Loaded arrays are WRITABLE numpy views into one private ``bytearray`` per load (the file is read
-straight into it, no further copy); they share that buffer with each other, never with storage.
+``{storage}/{run_id}/checkpoints/round-{round:08d}/``: ``arrays.bin`` (raw C-order bytes of every
+array, 64-byte aligned), ``state.json``, and ``MANIFEST.json`` (sizes, sha256, array index) written
+LAST. A checkpoint is complete or invisible: each file is fully serialised first, then written as one
+buffer per put; nothing is trusted without a manifest whose checksums match. Loaded arrays are
+WRITABLE numpy views into one private bytearray per load (read straight into it, no further copy).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -35,7 +33,7 @@ log = logging.getLogger("elasticfl.checkpoint")
 
 FORMAT, VERSION = "elasticfl-checkpoint", 1
 ARRAYS, STATE, MANIFEST = "arrays.bin", "state.json", "MANIFEST.json"
-_ALIGN = 64  # every array starts on a 64-byte boundary, so loaded views are aligned
+_ALIGN = 64  # every array starts on a 64-byte boundary of arrays.bin: loaded views stay aligned
 _ROUND_DIR = re.compile(r"^round-(\d{8,})$")
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
 _SCHEMES = "file://, s3://, gs:// (or a plain local path)"
@@ -95,13 +93,6 @@ def _endpoint_kwargs(endpoint_url: str | None) -> dict:
     if u.scheme not in ("http", "https") or not u.netloc or u.path not in ("", "/"):
         raise ConfigError(f"checkpoint.endpoint_url={endpoint_url!r}: expected http(s)://host[:port]")
     return {"endpoint_override": u.netloc, "scheme": u.scheme}
-
-
-def _quietly(fn, *args) -> None:
-    try:
-        fn(*args)
-    except Exception:  # noqa: BLE001 - best-effort cleanup only
-        pass
 
 
 class _Storage:
@@ -171,7 +162,8 @@ class _Storage:
                     out.write(data)
                 fs.move(tmp, path)
             except BaseException:
-                _quietly(fs.delete_file, tmp)
+                with contextlib.suppress(Exception):
+                    fs.delete_file(tmp)
                 raise
 
         self._io("writing", path, put)
@@ -186,13 +178,9 @@ class _Storage:
                     return f.read()
                 if f.size() != expect_size:
                     raise CheckpointError(f"{name} is {f.size()} bytes, the manifest says {expect_size}")
-                buf, got = bytearray(expect_size), 0
-                view = memoryview(buf)
-                while got < expect_size:
-                    n = f.readinto(view[got:])
-                    if not n:
-                        raise CheckpointError(f"{name} ended after {got} of {expect_size} bytes")
-                    got += n
+                buf = bytearray(expect_size)
+                if f.readinto(buf) != expect_size:  # size was right: a short read is transient
+                    raise OSError(f"short read of {name}")
                 return buf
 
         return self._io("reading", path, get)
@@ -200,6 +188,12 @@ class _Storage:
     def _listdir(self, path: str) -> list[pafs.FileInfo]:
         fs = self._filesystem()
         return self._io("listing", path, fs.get_file_info, pafs.FileSelector(path, allow_not_found=True))
+
+
+def _json_default(obj):
+    if isinstance(obj, np.generic):  # numpy scalars in metrics/history: store as plain numbers
+        return obj.item()
+    raise TypeError(f"{type(obj).__name__} is not JSON-serialisable")
 
 
 def _pack(arrays: dict) -> tuple[bytes, list[dict]]:
@@ -261,7 +255,7 @@ class CheckpointStore(_Storage):
         d, fs = self._dir(round), self._filesystem()
         payload, index = _pack(arrays)
         try:
-            state_bytes = json.dumps(state).encode()
+            state_bytes = json.dumps(state, default=_json_default).encode()
         except (TypeError, ValueError) as e:
             raise CheckpointError(f"state for round {round} is not JSON-serialisable: {e}") from e
         files = {ARRAYS: payload, STATE: state_bytes}
@@ -271,7 +265,7 @@ class CheckpointStore(_Storage):
             "arrays": index,
         }, indent=1).encode()
         try:  # re-saving a round: its old manifest must not outlive the data it vouched for
-            self._io("deleting", d, fs.delete_file, posixpath.join(d, MANIFEST))
+            self._io("writing", d, fs.delete_file, posixpath.join(d, MANIFEST))
         except FileNotFoundError:
             pass
         for name, data in files.items():
@@ -373,14 +367,15 @@ class CheckpointStore(_Storage):
         for r in (r for r in rounds if r < oldest_kept):
             d = self._dir(r)
             try:  # manifest first, so a half-deleted checkpoint is invisible rather than "corrupt"
-                _quietly(fs.delete_file, posixpath.join(d, MANIFEST))
+                with contextlib.suppress(Exception):
+                    fs.delete_file(posixpath.join(d, MANIFEST))
                 self._io("deleting", d, fs.delete_dir, d)
             except StorageError as e:
                 log.warning("could not delete old checkpoint round %d: %s", r, e)
 
     def write_json(self, name: str, obj: dict) -> None:
         """A small run-level file (e.g. ``status.json``), written as one whole put."""
-        self._put(self._json_path(name), json.dumps(obj, indent=1).encode())
+        self._put(self._json_path(name), json.dumps(obj, indent=1, default=_json_default).encode())
 
     def read_json(self, name: str) -> dict | None:
         path = self._json_path(name)

@@ -102,10 +102,10 @@ class ClientWorker:
 
     def evaluate(self, weights: Weights) -> dict[str, float]:
         self._load_data()
-        if self._dataset is None:
-            return {}
         ds = self._dataset
-        return self.task.evaluate(weights, ClientData(ds.x_test, ds.y_test, ds.num_classes))
+        if ds is None:  # a task that brings no data set may still evaluate the weights themselves
+            return dict(self.task.evaluate(weights, ClientData(np.empty((0, 0), np.float32), np.empty(0, np.int64))))
+        return dict(self.task.evaluate(weights, ClientData(ds.x_test, ds.y_test, ds.num_classes)))
 
     def _report(self, cid: int, status: str, start: float, n: int = 0, reason: str | None = None, metrics=None) -> ClientReport:
         return ClientReport(cid, status, n, round(time.perf_counter() - start, 6), self.node_id, reason, dict(metrics or {}))

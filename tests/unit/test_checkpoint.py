@@ -283,6 +283,12 @@ def test_failed_resave_drops_the_old_manifest(store):
     _assert_same(store.latest().arrays, _arrays(20))
 
 
+def test_numpy_scalars_in_state_become_plain_numbers(store):
+    store.save(1, {}, {"history": [{"loss": np.float32(0.5), "n": np.int64(3)}]})
+    assert store.load(1).state == {"history": [{"loss": 0.5, "n": 3}]}
+    assert store.load(1).arrays == {}
+
+
 def test_bad_state_or_arrays_write_nothing(store):
     with pytest.raises(CheckpointError, match="JSON"):
         store.save(1, _arrays(), {"x": object()})
