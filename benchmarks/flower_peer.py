@@ -5,8 +5,9 @@ Run it with Flower's own venv (Flower pins Ray 2.55.1; see setup_flower.sh):
     bash benchmarks/setup_flower.sh
     benchmarks/.venv-flower/bin/python benchmarks/flower_peer.py --workload W1
 
-It uses Flower's current Message API: a ``ServerApp`` whose main loop drives a
-``flwr.serverapp.strategy.FedAvg`` (subclassed only to pick the WORKLOADS cohort),
+It uses Flower's current Message API: a ``ServerApp`` that runs Flower's own
+round loop, ``Strategy.start()``, of a ``flwr.serverapp.strategy.FedAvg``
+(subclassed only to pick the WORKLOADS cohort and to time the rounds),
 a ``ClientApp`` with a ``@train`` handler exchanging ``ArrayRecord`` /
 ``MetricRecord``, and ``flwr.simulation.run_simulation`` on the Ray backend with
 two client actors of one CPU each. The global model is evaluated centrally (in
@@ -20,8 +21,8 @@ included, goes to stderr):
                           Flower's Ray backend initialised; Ray actors start
                           lazily, so their cold start falls in round 1),
      "seconds_per_round"  median over rounds, from the ServerApp's round boundaries
-                          (start: before configure_train; end: after aggregation and
-                          centralised evaluation),
+                          (start: Strategy.start() calls configure_train; end: its
+                          evaluate_fn, after aggregation, has evaluated the model),
      "total_s"            round 1 start -> end of the last round,
      "peak_pss_bytes", "peak_rss_bytes"  whole process tree (driver, Ray daemons,
                           actors), sampled every 50 ms from process start,
@@ -168,10 +169,13 @@ class CohortFedAvg(FedAvg):
         self.partition_of = {node: pid for pid, node in node_of.items()}
         self.exact = exact
         self.last_cohort: list[int] = []
+        self.round_starts: dict[int, float] = {}
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        # First call of every round in Strategy.start(): the round's start boundary.
+        self.round_starts[server_round] = time.time()
         self.last_cohort = W.cohort(self.workload, server_round)
         config["server-round"] = server_round
         record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
@@ -273,35 +277,45 @@ def server_main(grid: Grid, context: Context) -> None:
     _wait_for_ray()
     t_ray = time.time()
     strategy = CohortFedAvg(workload, node_of, exact=CONFIG["aggregation"] == "exact")
-    arrays = ArrayRecord(W.initial_weights(workload))
+    initial = ArrayRecord(W.initial_weights(workload))
     if spec["evaluate"]:
         W.load_data()
-    train_config = ConfigRecord({"workload": workload})
-    starts: list[float] = []
-    ends: list[float] = []
-    loss = acc = None
-    # The round loop of Strategy.start() (flwr/serverapp/strategy/strategy.py),
-    # minus its client-side evaluation (fraction_evaluate=0 makes that a no-op) and
-    # minus the round-0 evaluation, with the round boundaries timed here.
-    for server_round in range(1, rounds + 1):
-        starts.append(time.time())
-        replies = grid.send_and_receive(
-            messages=strategy.configure_train(server_round, arrays, train_config, grid),
-            timeout=3600,
-        )
-        agg_arrays, _ = strategy.aggregate_train(server_round, replies)
-        del replies
-        if agg_arrays is None:
-            raise RuntimeError(f"round {server_round}: aggregation returned nothing")
-        arrays = agg_arrays
+    ends: dict[int, float] = {}
+    last: dict = {"loss": None, "acc": None}
+
+    def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        # Strategy.start() calls this after round 0 (before round 1 starts) and at
+        # the very end of every round, after aggregation: the round's end boundary.
+        out = None
         if spec["evaluate"]:
             loss, acc = W.evaluate(arrays.to_numpy_ndarrays())
-        ends.append(time.time())
-        print(f"[flower_peer] round {server_round}/{rounds} {ends[-1] - starts[-1]:.3f}s"
-              + (f" acc={acc:.4f} loss={loss:.4f}" if acc is not None else ""), file=sys.stderr, flush=True)
-    final = arrays.to_numpy_ndarrays()
+            last.update(loss=loss, acc=acc)
+            out = MetricRecord({"loss": loss, "accuracy": acc})
+        if server_round >= 1:
+            ends[server_round] = time.time()
+            print(f"[flower_peer] round {server_round}/{rounds} "
+                  f"{ends[server_round] - strategy.round_starts[server_round]:.3f}s"
+                  + (f" acc={last['acc']:.4f} loss={last['loss']:.4f}" if out is not None else ""),
+                  file=sys.stderr, flush=True)
+        return out
+
+    # Flower's own round loop, unchanged: configure_train -> send_and_receive ->
+    # aggregate_train -> (client-side evaluation: none, fraction_evaluate=0) ->
+    # evaluate_fn. Note it keeps the previous round's replies referenced until the
+    # next round's replies arrive, which is part of Flower's memory profile on W2.
+    result = strategy.start(
+        grid=grid,
+        initial_arrays=initial,
+        num_rounds=rounds,
+        train_config=ConfigRecord({"workload": workload}),
+        evaluate_fn=evaluate_fn,
+    )
+    del initial
+    final = result.arrays.to_numpy_ndarrays()
+    starts = [strategy.round_starts[r] for r in range(1, rounds + 1)]
     RESULT.update(
-        starts=starts, ends=ends, t_ray=t_ray, loss=loss, acc=acc, mapping=how,
+        starts=starts, ends=[ends[r] for r in range(1, rounds + 1)], t_ray=t_ray,
+        loss=last["loss"], acc=last["acc"], mapping=how,
         weights_sha256=W.weights_sha256(final),
         w2_max_abs_error=W.w2_error(final, rounds=rounds) if workload == "W2" else None,
     )
@@ -356,6 +370,10 @@ def main(argv: list[str] | None = None) -> int:
     if not res:
         raise SystemExit("flower_peer: the ServerApp did not finish (see the log above)")
     peaks = _MEM.stop() if _MEM is not None else {}
+    if _MEM is not None and os.environ.get("FLOWER_PEER_MEMORY_DETAIL"):
+        for row in _MEM.describe_peak():
+            print(f"[flower_peer] at peak: {row['pss_bytes'] / 2**20:9.1f} MiB PSS {row['rss_bytes'] / 2**20:9.1f} MiB RSS"
+                  f"  {row['pid']} {row['name']}", file=sys.stderr)
     starts, ends = res["starts"], res["ends"]
     out = {
         "framework": "flower",

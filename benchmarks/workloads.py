@@ -420,6 +420,15 @@ def _rollup(pid: int) -> tuple[int, int]:
     return pss, rss
 
 
+def _proc_name(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmd = f.read().replace(b"\0", b" ").strip().decode(errors="replace")
+        return cmd[:80] or "?"
+    except OSError:
+        return "?"
+
+
 def tree_memory(root: int | None = None) -> dict:
     """One sample: summed PSS and RSS of the process tree, plus the per-process figures."""
     per = {pid: _rollup(pid) for pid in process_tree(root)}
@@ -451,6 +460,8 @@ class ProcessTreeMemory:
         self.peak_rss_bytes = 0
         self.peak_root_pss_bytes = 0  # the root process (the driver) alone
         self.peak_processes = 0  # the largest number of processes seen in the tree
+        self._peak_pids: dict[int, tuple[int, int]] = {}
+        self._peak_names: dict[int, str] | None = None
         self.samples = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -459,12 +470,20 @@ class ProcessTreeMemory:
     def sample(self) -> dict:
         s = tree_memory(self.root)
         with self._lock:
+            self._name_peak()
             self.samples += 1
+            if s["pss_bytes"] > self.peak_pss_bytes:
+                self._peak_pids = s["processes"]  # pid -> (pss, rss) at the PSS peak
+                self._peak_names = None
             self.peak_pss_bytes = max(self.peak_pss_bytes, s["pss_bytes"])
             self.peak_rss_bytes = max(self.peak_rss_bytes, s["rss_bytes"])
             self.peak_root_pss_bytes = max(self.peak_root_pss_bytes, s["processes"].get(self.root, (0, 0))[0])
             self.peak_processes = max(self.peak_processes, len(s["processes"]))
         return s
+
+    def _name_peak(self) -> None:
+        if self._peak_names is None and self._peak_pids:
+            self._peak_names = {pid: _proc_name(pid) for pid in self._peak_pids}
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -478,6 +497,14 @@ class ProcessTreeMemory:
             self._thread = threading.Thread(target=self._run, name="ProcessTreeMemory", daemon=True)
             self._thread.start()
         return self
+
+    def describe_peak(self) -> list[dict]:
+        """The processes at the PSS peak, largest first: [{"pid", "name", "pss_bytes", "rss_bytes"}]."""
+        with self._lock:
+            items = sorted(self._peak_pids.items(), key=lambda kv: -kv[1][0])
+            names = self._peak_names or {}
+        return [{"pid": pid, "name": names.get(pid, "?"), "pss_bytes": pss, "rss_bytes": rss}
+                for pid, (pss, rss) in items]
 
     def peaks(self) -> dict:
         with self._lock:

@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import ray
+from ray.exceptions import RayActorError
 
 from .checkpoint import CheckpointInfo, CheckpointStore
 from .config import DEFAULT_STORAGE, Environment, RunConfig
 from .controller import STATUS_FILE, RunState
-from .errors import RunFailedError, RunNotFoundError
+from .errors import ConfigError, RunFailedError, RunNotFoundError
 from .runtime import ControllerActor, connect, controller_name
 
 __all__ = ["run", "submit", "attach", "status", "stop", "checkpoints", "RunHandle", "RunResult", "new_run_id"]
@@ -128,6 +129,7 @@ def submit(
     config = _prepare(config, address, storage)
     run_id = run_id or new_run_id(config.run.name)
     connect(config.cluster.address, config.cluster.namespace, quiet=quiet)
+    _clear_finished_controller(run_id, config.cluster.namespace)
     options: dict[str, Any] = {
         "name": controller_name(run_id),
         "namespace": config.cluster.namespace,
@@ -139,6 +141,29 @@ def submit(
         options["runtime_env"] = config.cluster.runtime_env
     actor = ControllerActor.options(**options).remote(config.to_dict(), run_id, resume)
     return RunHandle(run_id, actor, config)
+
+
+def _clear_finished_controller(run_id: str, namespace: str) -> None:
+    """A finished run's controller lingers for its driver; a resume under the same id replaces it."""
+    name = controller_name(run_id)
+    try:
+        actor = ray.get_actor(name, namespace=namespace)
+    except ValueError:
+        return
+    try:
+        state = ray.get(actor.status.remote(), timeout=30)["state"]
+    except (RayActorError, ray.exceptions.GetTimeoutError):
+        state = RunState.FAILED.value
+    if not RunState(state).finished:
+        raise ConfigError(f"run {run_id!r} is running already; follow it with `elasticfl status {run_id}` or stop it first")
+    ray.kill(actor, no_restart=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # the name is released asynchronously
+        try:
+            ray.get_actor(name, namespace=namespace)
+        except ValueError:
+            return
+        time.sleep(0.05)
 
 
 def run(
@@ -180,7 +205,7 @@ def status(run_id: str, *, storage: str | None = None, address: str | None = Non
     if address is not None or ray.is_initialized():
         try:
             return attach(run_id, address=address, namespace=namespace).status()
-        except RunNotFoundError:
+        except (RunNotFoundError, RayActorError):  # finished (or its controller is restarting): read storage
             pass
     saved = _store(run_id, storage).read_json(STATUS_FILE)
     if saved is None:

@@ -86,18 +86,24 @@ class Controller:
         self._write_status()
 
     def run(self) -> RunState:
-        """Run rounds until done, stopped or failed; always leaves a final status behind."""
+        """Run rounds until done, stopped or failed; always leaves a final status behind.
+
+        The state turns final only after the last checkpoint is written, so a caller
+        that sees "completed" also sees that checkpoint.
+        """
+        state = self.state
         try:
-            if self.state is RunState.PENDING:
+            if state is RunState.PENDING:
                 self.start()
-            while self.state is RunState.RUNNING:
-                self.state = self.step()
+                state = self.state
+            while state is RunState.RUNNING:
+                state = self.step()
         except Exception as exc:  # the run fails; the reason goes to status and storage
             log.exception("run %s failed", self.run_id)
             self.error = f"{type(exc).__name__}: {exc}"
-            self.state = RunState.FAILED
+            state = RunState.FAILED
         finally:
-            self._finish()
+            self._finish(state)
         return self.state
 
     def request_stop(self) -> None:
@@ -214,10 +220,12 @@ class Controller:
         self.weights_digest = state.get("weights_sha256")
         log.info("run %s resumed from round %d (%s)", self.run_id, self.round, checkpoint.uri)
 
-    def _finish(self) -> None:
+    def _finish(self, state: RunState) -> None:
         self._wait_for_save()
-        if self.state is RunState.COMPLETED and self.weights is not None and self.weights_digest is None:
+        if state is RunState.COMPLETED and self.weights is not None and self.weights_digest is None:
             self.weights_digest = weights_sha256(self.weights)
+        with self._lock:
+            self.state = state
         try:
             self._write_status()
         except Exception as exc:  # storage gone: the status still answers from memory

@@ -99,8 +99,8 @@ def test_stop_finishes_the_round_and_checkpoints_it(tmp_path):
     c.step()
     c.request_stop()
     assert c.step() is RunState.STOPPED
-    c.state = RunState.STOPPED
-    c._finish()
+    c._finish(RunState.STOPPED)
+    assert c.status()["state"] == "stopped"
     assert CheckpointStore(str(tmp_path), "r").latest().round == 2
 
 
