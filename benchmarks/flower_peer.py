@@ -49,7 +49,6 @@ import os
 import sys
 import time
 
-_WALL_T0 = time.time()
 _BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 if _BENCH_DIR not in sys.path:
     sys.path.insert(0, _BENCH_DIR)
@@ -162,6 +161,9 @@ class CohortFedAvg(FedAvg):
             fraction_evaluate=0.0,  # no client-side evaluation: it is centralised
             min_train_nodes=n,
             min_available_nodes=n,
+            # the replies' MetricRecord only carries num-examples (the weight) and
+            # partition-id (a check): nothing worth averaging
+            train_metrics_aggr_fn=lambda records, key: MetricRecord(),
             **kwargs,
         )
         self.workload = workload
@@ -389,6 +391,8 @@ def main(argv: list[str] | None = None) -> int:
         "round_s": [round(e - s, 4) for s, e in zip(starts, ends)],
         **peaks,
         "peak_driver_pss_bytes": _MEM.peak_root_pss_bytes if _MEM is not None else None,
+        "memory_samples": _MEM.samples if _MEM is not None else None,
+        "memory_max_gap_s": round(_MEM.max_gap_s, 3) if _MEM is not None else None,
         "final_accuracy": res["acc"],
         "final_loss": res["loss"],
         "weights_sha256": res["weights_sha256"],

@@ -463,6 +463,8 @@ class ProcessTreeMemory:
         self._peak_pids: dict[int, tuple[int, int]] = {}
         self._peak_names: dict[int, str] | None = None
         self.samples = 0
+        self.max_gap_s = 0.0  # the longest time between two samples (the sampler shares the GIL)
+        self._last_t: float | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -471,6 +473,10 @@ class ProcessTreeMemory:
         s = tree_memory(self.root)
         with self._lock:
             self._name_peak()
+            now = time.monotonic()
+            if self._last_t is not None:
+                self.max_gap_s = max(self.max_gap_s, now - self._last_t)
+            self._last_t = now
             self.samples += 1
             if s["pss_bytes"] > self.peak_pss_bytes:
                 self._peak_pids = s["processes"]  # pid -> (pss, rss) at the PSS peak

@@ -82,14 +82,19 @@ class RunHandle:
         ray.get(self._actor.stop.remote())
 
     def rounds(self, poll_s: float = _POLL_S) -> Iterator[dict[str, Any]]:
-        """Yield each round's history record as it completes, until the run finishes."""
+        """Yield each round's history record as it completes, until the run finishes.
+
+        A resumed run's earlier rounds (from its checkpoint) go into ``history``
+        without being yielded again.
+        """
         while True:
             status, new = ray.get(self._actor.poll.remote(self._seen))
             self._last_status = status
             for record in new:
                 self._seen = record["round"]
                 self.history.append(record)
-                yield record
+                if record["round"] > (status.get("resumed_from") or 0):
+                    yield record
             if RunState(status["state"]).finished:
                 return
             time.sleep(poll_s)
@@ -128,6 +133,11 @@ def submit(
     """Start (or resume) a run on the cluster and return at once."""
     config = _prepare(config, address, storage)
     run_id = run_id or new_run_id(config.run.name)
+    if not resume and _store(run_id, config.checkpoint.storage, config.checkpoint.endpoint_url).list():
+        raise ConfigError(
+            f"run {run_id!r} already has checkpoints under {config.checkpoint.storage}; "
+            "pass --resume to continue it, or choose another --run-id"
+        )
     connect(config.cluster.address, config.cluster.namespace, quiet=quiet)
     _clear_finished_controller(run_id, config.cluster.namespace)
     options: dict[str, Any] = {
@@ -195,9 +205,11 @@ def attach(run_id: str, *, address: str | None = None, namespace: str = "elastic
     return RunHandle(run_id, actor)
 
 
-def _store(run_id: str, storage: str | None) -> CheckpointStore:
+def _store(run_id: str, storage: str | None, endpoint_url: str | None = None) -> CheckpointStore:
     env = Environment.read()
-    return CheckpointStore(storage or env.storage or DEFAULT_STORAGE, run_id, endpoint_url=env.s3_endpoint_url)
+    return CheckpointStore(
+        storage or env.storage or DEFAULT_STORAGE, run_id, endpoint_url=endpoint_url or env.s3_endpoint_url
+    )
 
 
 def status(run_id: str, *, storage: str | None = None, address: str | None = None, namespace: str = "elasticfl") -> dict[str, Any]:

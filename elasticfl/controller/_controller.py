@@ -57,10 +57,11 @@ class Controller:
         self.history: list[dict[str, Any]] = []
         self.error: str | None = None
         self.last_checkpoint: str | None = None
+        self.resumed_from: int | None = None  # the checkpoint round a resume started from
         self.weights_digest: str | None = None
         self.started_at = clock()
         self._stop = threading.Event()
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._saver = ThreadPoolExecutor(1, thread_name_prefix="elasticfl-checkpoint")
         self._pending_save: Future | None = None
 
@@ -216,6 +217,7 @@ class Controller:
         self.weights = weights
         self.round = int(state["round"])
         self.history = list(state.get("history", []))
+        self.resumed_from = self.round
         self.last_checkpoint = checkpoint.uri
         self.weights_digest = state.get("weights_sha256")
         log.info("run %s resumed from round %d (%s)", self.run_id, self.round, checkpoint.uri)
@@ -247,6 +249,7 @@ class Controller:
                 "checkpoint": self.last_checkpoint,
                 "storage": self.store.run_uri,
                 "error": self.error,
+                "resumed_from": self.resumed_from,
                 "started_at": self.started_at,
                 "updated_at": self.clock(),
             }
@@ -254,6 +257,11 @@ class Controller:
     def history_since(self, after_round: int) -> list[dict[str, Any]]:
         with self._lock:
             return [h for h in self.history if h["round"] > after_round]
+
+    def poll(self, after_round: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """The status and the history after ``after_round``, as one consistent snapshot."""
+        with self._lock:
+            return self.status(), self.history_since(after_round)
 
     def _write_status(self) -> None:
         self.store.write_json(STATUS_FILE, self.status())

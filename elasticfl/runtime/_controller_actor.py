@@ -64,7 +64,7 @@ class ControllerActor:
 
     def poll(self, after_round: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """The status and the history records after ``after_round``, in one call."""
-        return self.controller.status(), self.controller.history_since(after_round)
+        return self.controller.poll(after_round)
 
     def stop(self) -> None:
         self.controller.request_stop()

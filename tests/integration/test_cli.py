@@ -1,0 +1,78 @@
+"""The CLI through typer's CliRunner: clear errors and exit codes, no tracebacks."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from elasticfl_cli.main import app
+from tests.conftest import noisy_config
+
+runner = CliRunner()
+
+
+def _lines(output: str) -> list[dict]:
+    return [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+
+
+@pytest.fixture
+def noisy_yaml(tmp_path):
+    path = tmp_path / "noisy.yaml"
+    path.write_text(noisy_config(rounds=3).to_yaml())
+    return path
+
+
+def test_a_bad_config_exits_2_naming_the_field(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"task": {"type": "classification", "lr": 0}}))
+    result = runner.invoke(app, ["validate", str(bad)])
+    assert result.exit_code == 2
+    assert "task.lr" in result.output and "Traceback" not in result.output
+
+
+def test_validate_prints_the_full_config(noisy_yaml):
+    result = runner.invoke(app, ["validate", str(noisy_yaml)])
+    assert result.exit_code == 0 and "NoisyMean" in result.output and "keep_last" in result.output
+
+
+def test_resume_needs_a_run_id(noisy_yaml):
+    result = runner.invoke(app, ["run", str(noisy_yaml), "--resume"])
+    assert result.exit_code == 2 and "--run-id" in result.output
+
+
+def test_status_of_an_unknown_run_exits_3(tmp_path):
+    result = runner.invoke(app, ["status", "no-such-run", "--storage", str(tmp_path)])
+    assert result.exit_code == 3 and "no-such-run" in result.output and "Traceback" not in result.output
+
+
+def test_run_status_checkpoints_and_resume(ray_local, noisy_yaml, tmp_path):
+    store = str(tmp_path / "runs")
+    result = runner.invoke(app, ["run", str(noisy_yaml), "--json", "--storage", store, "--run-id", "cli-run"])
+    assert result.exit_code == 0, result.output
+    lines = _lines(result.output)
+    assert [l["round"] for l in lines[:-1]] == [1, 2, 3] and "norm" in lines[0]
+    final = lines[-1]
+    assert final["state"] == "completed" and len(final["weights_sha256"]) == 64
+
+    status = runner.invoke(app, ["status", "cli-run", "--json", "--storage", store])
+    assert status.exit_code == 0
+    assert _lines(status.output)[0]["weights_sha256"] == final["weights_sha256"]
+
+    listed = runner.invoke(app, ["checkpoints", "cli-run", "--json", "--storage", store])
+    rounds = [c["round"] for c in _lines(listed.output)]
+    assert listed.exit_code == 0 and rounds[-1] == 3 and all(c["valid"] for c in _lines(listed.output))
+
+    again = runner.invoke(app, ["run", str(noisy_yaml), "--storage", store, "--run-id", "cli-run"])
+    assert again.exit_code == 2 and "--resume" in again.output  # the run id exists: no silent overwrite
+
+    more = runner.invoke(app, ["run", str(noisy_yaml), "--json", "--storage", store, "--run-id", "cli-run", "--resume", "--rounds", "5"])
+    assert more.exit_code == 0, more.output
+    assert _lines(more.output)[-1]["round"] == 5
+
+
+def test_stop_of_an_unknown_run_exits_3(ray_local):
+    result = runner.invoke(app, ["stop", "no-such-run"])
+    assert result.exit_code == 3 and "no running controller" in result.output
