@@ -165,6 +165,7 @@ class ExecutorConfig(_Section):
     resources: dict[str, float] = Field(default_factory=dict)  # custom resources, e.g. {site_a: 1}
     unit_size: int | None = Field(None, ge=1)  # clients per work unit; default ~cohort/8
     max_unit_retries: int = Field(3, ge=0)  # re-runs of one work unit whose executor died
+    placement_timeout_s: float = Field(120.0, gt=0)  # executors not placed by then: a clear error, not a hang
 
     @field_validator("num_gpus")
     @classmethod

@@ -71,6 +71,12 @@ class ClientWorker:
             return None
         return int(self._dataset.x_train.shape[1]), int(self._dataset.num_classes)
 
+    def prepare(self) -> str:
+        """Pay the start-up costs (imports, data loading, partitioning) before round 1."""
+        self._load_data()
+        _ = self.task
+        return self.node_id
+
     # -- the three things a controller asks for ---------------------------------------
     def init_weights(self) -> Weights:
         return self.task.init_weights(self.config.run.seed, self.data_shape())

@@ -31,7 +31,8 @@ class ExecutorActor:
             torch.set_num_threads(threads)
 
     def ready(self) -> str:
-        return self.node_id
+        """Loads the data and the task, then answers with this executor's node id."""
+        return self.worker.prepare()
 
     def init_weights(self) -> Weights:
         return self.worker.init_weights()

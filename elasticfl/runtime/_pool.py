@@ -34,12 +34,12 @@ _EXECUTOR_LOST = (RayActorError, ActorDiedError, ActorUnavailableError)
 
 
 class RayExecutorPool:
-    def __init__(self, config: RunConfig, run_id: str, *, ready_timeout_s: float = 120.0) -> None:
+    def __init__(self, config: RunConfig, run_id: str) -> None:
         self.config = config
         self.run_id = run_id
         self._config_dict = config.to_dict()
         self._options = executor_options(config.executors)
-        self._ready_timeout_s = ready_timeout_s
+        self._ready_timeout_s = config.executors.placement_timeout_s
         self._executors: dict[int, Any] = {}
         self._nodes: dict[int, str] = {}
         self._spawned = 0
@@ -47,6 +47,7 @@ class RayExecutorPool:
         self.replaced = 0
         for _ in range(self._initial_count()):
             self._spawn()
+        self._wait_ready()
 
     # -- executors -------------------------------------------------------------------
     def _initial_count(self) -> int:
@@ -73,6 +74,24 @@ class RayExecutorPool:
         ).remote(self._config_dict, self._options["num_cpus"])
         self._executors[index] = actor
         return index
+
+    def _wait_ready(self) -> None:
+        """Wait until every executor is placed and has loaded its data, or say why not."""
+        refs = {actor.ready.remote(): index for index, actor in self._executors.items()}
+        ready, waiting = ray.wait(list(refs), num_returns=len(refs), timeout=self._ready_timeout_s)
+        for ref in ready:
+            try:
+                self._nodes[refs[ref]] = ray.get(ref)
+            except RayTaskError as exc:
+                raise TaskError(f"an executor could not load the task or the data: {exc.cause!r}") from exc
+            except _EXECUTOR_LOST:
+                self._replace(refs[ref])
+        if waiting:
+            raise ClusterError(
+                f"{len(waiting)} of {len(refs)} executors were not placed within {self._ready_timeout_s:.0f}s: "
+                f"no node offers what one executor asks for ({self._options}); lower executors.num_cpus / "
+                "num_gpus / resources / accelerator_type or executors.count, or add such nodes (`ray status`)"
+            )
 
     def _replace(self, index: int) -> None:
         actor = self._executors.pop(index, None)

@@ -91,3 +91,12 @@ def test_checkpoint_and_resume_through_s3(ray_local, s3_endpoint, monkeypatch):
     assert [h["started_at"] for h in resumed.history[:2]] == [h["started_at"] for h in part.history]
     assert resumed.weights_sha256 == whole.weights_sha256
     assert elasticfl.status("s3-resume", storage=storage)["round"] == 5
+
+
+def test_executors_no_node_can_hold_are_reported_not_waited_on(ray_local, tmp_path):
+    config = noisy_config(rounds=1).with_overrides(executors={"resources": {"site_nowhere": 1}, "count": None})
+    with pytest.raises(elasticfl.RunFailedError, match="site_nowhere"):
+        elasticfl.run(config, storage=str(tmp_path / "a"))
+    pinned = noisy_config(rounds=1).with_overrides(executors={"resources": {"site_nowhere": 1}, "placement_timeout_s": 3})
+    with pytest.raises(elasticfl.RunFailedError, match="not placed within 3s"):
+        elasticfl.run(pinned, storage=str(tmp_path / "b"))
