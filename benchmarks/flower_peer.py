@@ -214,7 +214,7 @@ class CohortFedAvg(FedAvg):
         return ArrayRecord(mean), None
 
 
-def node_partition_map(grid: Grid, num_nodes: int) -> tuple[dict[int, int], str]:
+def node_partition_map(grid: Grid, num_nodes: int, how: str = "auto") -> tuple[dict[int, int], str]:
     """partition id -> node id, and how it was found.
 
     Flower's simulation registers the N SuperNodes in a loop and gives the i-th
@@ -231,7 +231,7 @@ def node_partition_map(grid: Grid, num_nodes: int) -> tuple[dict[int, int], str]
             raise RuntimeError("SuperNodes did not come online")
         time.sleep(0.05)
     state = getattr(grid, "state", None)
-    if state is not None and hasattr(state, "get_node_info"):
+    if how == "auto" and state is not None and hasattr(state, "get_node_info"):
         online = set(grid.get_node_ids())
         ordered = [info.node_id for info in state.get_node_info() if info.node_id in online]
         if len(ordered) == num_nodes:
@@ -269,7 +269,7 @@ def server_main(grid: Grid, context: Context) -> None:
     workload = CONFIG["workload"]
     spec = W.spec(workload)
     rounds = CONFIG.get("rounds") or spec["rounds"]
-    node_of, how = node_partition_map(grid, spec["clients"])
+    node_of, how = node_partition_map(grid, spec["clients"], CONFIG.get("node_mapping", "auto"))
     # Flower registers the nodes before it starts Ray, so the nodes are "online"
     # seconds before anything can run. Round 1 starts once the Ray backend is up
     # in this process (ray.init done; it runs in the simulation's main thread):
@@ -343,6 +343,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="flower: stock FedAvg aggregate_arrayrecords (default); "
                          "exact: workloads.fedavg in partition-id order (digest check)")
     ap.add_argument("--rounds", type=int, default=None, help="override the round count (testing only)")
+    ap.add_argument("--node-mapping", choices=["auto", "query"], default="auto",
+                    help="how the server learns node id -> partition id: auto = Flower's registration "
+                         "order (free, checked on every reply); query = ask every node once before round 1")
     ap.add_argument("--num-cpus", type=int, default=2,
                     help="CPUs Ray may use; with 1 CPU per client this is the number of actors (default 2)")
     args = ap.parse_args(argv)
@@ -351,7 +354,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import flower_peer as fp  # this file under its own name: pickled by reference (see above)
 
-    fp.CONFIG.update(workload=args.workload, aggregation=args.aggregation, rounds=args.rounds)
+    fp.CONFIG.update(workload=args.workload, aggregation=args.aggregation, rounds=args.rounds,
+                     node_mapping=args.node_mapping)
     spec = W.spec(args.workload)
     t_process = W.process_start_time()
     run_simulation(
@@ -391,6 +395,7 @@ def main(argv: list[str] | None = None) -> int:
         "round_s": [round(e - s, 4) for s, e in zip(starts, ends)],
         **peaks,
         "peak_driver_pss_bytes": _MEM.peak_root_pss_bytes if _MEM is not None else None,
+        "sum_hwm_rss_bytes": _MEM.sum_hwm_rss_bytes if _MEM is not None else None,
         "memory_samples": _MEM.samples if _MEM is not None else None,
         "memory_max_gap_s": round(_MEM.max_gap_s, 3) if _MEM is not None else None,
         "final_accuracy": res["acc"],

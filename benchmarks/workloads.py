@@ -420,6 +420,18 @@ def _rollup(pid: int) -> tuple[int, int]:
     return pss, rss
 
 
+def _hwm(pid: int) -> int:
+    """VmHWM (the kernel's exact peak RSS of one process) in bytes, 0 if it is gone."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
 def _proc_name(pid: int) -> str:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
@@ -464,6 +476,9 @@ class ProcessTreeMemory:
         self._peak_names: dict[int, str] | None = None
         self.samples = 0
         self.max_gap_s = 0.0  # the longest time between two samples (the sampler shares the GIL)
+        # pid -> last VmHWM seen: summed, an upper bound on peak RSS that no sampling
+        # interval can miss (each process's own peak, whenever it happened)
+        self._hwm: dict[tuple[int, int], int] = {}
         self._last_t: float | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -485,7 +500,25 @@ class ProcessTreeMemory:
             self.peak_rss_bytes = max(self.peak_rss_bytes, s["rss_bytes"])
             self.peak_root_pss_bytes = max(self.peak_root_pss_bytes, s["processes"].get(self.root, (0, 0))[0])
             self.peak_processes = max(self.peak_processes, len(s["processes"]))
+        for pid in s["processes"]:
+            h = _hwm(pid)
+            if h:
+                self._hwm[(pid, self._start_key(pid))] = h
         return s
+
+    @staticmethod
+    def _start_key(pid: int) -> int:
+        # pids get reused: key each process by (pid, start time)
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                return int(f.read().rpartition(b")")[2].split()[19])
+        except (OSError, ValueError, IndexError):
+            return -1
+
+    @property
+    def sum_hwm_rss_bytes(self) -> int:
+        """Sum over every process seen in the tree of its own peak RSS (VmHWM)."""
+        return int(sum(self._hwm.values()))
 
     def _name_peak(self) -> None:
         if self._peak_names is None and self._peak_pids:
@@ -507,6 +540,7 @@ class ProcessTreeMemory:
     def describe_peak(self) -> list[dict]:
         """The processes at the PSS peak, largest first: [{"pid", "name", "pss_bytes", "rss_bytes"}]."""
         with self._lock:
+            self._name_peak()
             items = sorted(self._peak_pids.items(), key=lambda kv: -kv[1][0])
             names = self._peak_names or {}
         return [{"pid": pid, "name": names.get(pid, "?"), "pss_bytes": pss, "rss_bytes": rss}

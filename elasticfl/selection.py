@@ -54,15 +54,26 @@ class WorkUnit:
     client_ids: tuple[int, ...]
 
 
-def default_unit_size(cohort_size: int) -> int:
-    # About eight units per round: enough to balance a handful of executors,
-    # few enough that per-call overhead stays small. Depends on the cohort alone,
-    # so the unit boundaries (and the float sums) never depend on cluster size.
-    return max(1, -(-cohort_size // 8))
+# Partial sums (float64) in flight per round stay under this many bytes.
+PARTIAL_SUM_BUDGET = 512 * 2**20
 
 
-def make_units(cohort: np.ndarray, unit_size: int | None = None) -> list[WorkUnit]:
-    size = unit_size or default_unit_size(len(cohort))
+def default_unit_size(cohort_size: int, model_params: int = 0) -> int:
+    """About eight units per round: enough to balance a handful of executors, few
+    enough that per-call overhead stays small; fewer for large models, so that the
+    float64 partial sums moved per round stay within PARTIAL_SUM_BUDGET.
+
+    Depends on the cohort and the model alone, never on the cluster, so the unit
+    boundaries (and the bits of the sums) are the same on every run and resume.
+    """
+    units = 8
+    if model_params:
+        units = min(units, max(2, PARTIAL_SUM_BUDGET // (8 * model_params)))
+    return max(1, -(-cohort_size // units))
+
+
+def make_units(cohort: np.ndarray, unit_size: int | None = None, model_params: int = 0) -> list[WorkUnit]:
+    size = unit_size or default_unit_size(len(cohort), model_params)
     ids = [int(c) for c in cohort]
     return [WorkUnit(i, tuple(ids[start : start + size])) for i, start in enumerate(range(0, len(ids), size))]
 

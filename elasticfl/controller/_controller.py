@@ -118,14 +118,16 @@ class Controller:
         r = self.round + 1
         started = self.clock()
         cohort = self.selector.cohort(r)
-        units = make_units(cohort, self.config.executors.unit_size)
+        units = make_units(cohort, self.config.executors.unit_size, sum(w.size for w in self.weights))
         results = sorted(self.pool.train_units(r, self.weights, units), key=lambda u: u.unit_id)
+        trained = self.clock()
 
         summed = WeightedSum()
         clients = []
         for unit in results:  # unit order: the float sums never depend on who ran what
             summed.merge(unit.summed)
             clients.extend(unit.clients)
+            unit.summed = None  # release the unit's partial sum (object store memory) now
         clients.sort(key=lambda c: c.client_id)
         ok = sum(c.status == "ok" for c in clients)
         quorum = self.config.cohort.min_clients or 1
@@ -136,10 +138,12 @@ class Controller:
                 f"cohort.min_clients={quorum}; reasons: {reasons or 'none reported'}"
             )
         new_weights = self.strategy.aggregate(self.weights, summed)
+        aggregated = self.clock()
         metrics = {}
         every = self.config.evaluation.every
         if every and (r % every == 0 or r == self.config.run.rounds):
             metrics = self.pool.evaluate(new_weights)
+        evaluated = self.clock()
         train_losses = [c.metrics["train_loss"] for c in clients if c.status == "ok" and "train_loss" in c.metrics]
         if train_losses:
             metrics["train_loss"] = float(np.mean(train_losses))
@@ -148,6 +152,11 @@ class Controller:
             "round": r,
             "started_at": started,
             "duration_s": round(self.clock() - started, 6),
+            "phases_s": {  # where the round's time went
+                "train": round(trained - started, 6),
+                "aggregate": round(aggregated - trained, 6),
+                "evaluate": round(evaluated - aggregated, 6),
+            },
             "metrics": metrics,
             "cohort": [int(c) for c in cohort],
             "units": len(units),
@@ -181,14 +190,14 @@ class Controller:
             "strategy": strategy_scalars,
             "history": list(self.history),
         }
-        self._pending_save = self._saver.submit(self._save, self.round, arrays, state, list(self.weights or []))
+        self._pending_save = self._saver.submit(self._save, self.round, arrays, state)
 
-    def _save(self, round: int, arrays: dict[str, np.ndarray], state: dict, weights: Weights) -> None:
-        digest = weights_sha256(weights)
-        state["weights_sha256"] = digest
+    def _save(self, round: int, arrays: dict[str, np.ndarray], state: dict) -> None:
+        # The weights digest is computed once, when the run ends, not per checkpoint:
+        # the manifest's checksums already guard each checkpoint's bytes.
         uri = self.store.save(round, arrays, state)
         with self._lock:
-            self.last_checkpoint, self.weights_digest = uri, digest
+            self.last_checkpoint = uri
         self._write_status()
 
     def _wait_for_save(self) -> None:
@@ -219,7 +228,6 @@ class Controller:
         self.history = list(state.get("history", []))
         self.resumed_from = self.round
         self.last_checkpoint = checkpoint.uri
-        self.weights_digest = state.get("weights_sha256")
         log.info("run %s resumed from round %d (%s)", self.run_id, self.round, checkpoint.uri)
 
     def _finish(self, state: RunState) -> None:

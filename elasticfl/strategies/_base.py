@@ -60,10 +60,15 @@ class WeightedSum:
         self.count += other.count
 
     def mean(self) -> Weights:
-        """The weighted mean, cast back to the update dtypes."""
+        """The weighted mean, cast back to the update dtypes. Divides the sums in place
+        (no model-sized temporaries): the WeightedSum is spent afterwards."""
         if self.sums is None or self.total_weight <= 0:
             raise ValueError("no weighted updates to average")
-        return [(s / self.total_weight).astype(np.dtype(d)) for s, d in zip(self.sums, self.dtypes)]
+        for s in self.sums:
+            np.divide(s, self.total_weight, out=s)
+        mean = [s.astype(np.dtype(d)) for s, d in zip(self.sums, self.dtypes)]
+        self.sums = None
+        return mean
 
 
 @runtime_checkable

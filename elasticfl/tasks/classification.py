@@ -59,8 +59,13 @@ class ClassificationTask:
     def _load(self, weights: Weights, data: ClientData) -> nn.Module:
         if self._model is None:  # an executor that did not initialise the run builds the skeleton here
             self._model = self._factory()(data.x.shape[1], data.num_classes, list(self.config.hidden))
-        state = {k: torch.from_numpy(np.array(w)) for k, w in zip(self._model.state_dict(), weights)}
-        self._model.load_state_dict(state)
+        state = list(self._model.state_dict().values())
+        if len(state) != len(weights):
+            raise TaskError(f"the model has {len(state)} tensors but the weights have {len(weights)} arrays")
+        for tensor, array in zip(state, weights):
+            # copy into the existing CPU tensors through their numpy views: one copy, and the
+            # read-only arrays that come zero-copy from Ray's object store are never aliased
+            np.copyto(tensor.detach().cpu().numpy(), np.asarray(array).reshape(tensor.shape))
         return self._model
 
     # -- client training ---------------------------------------------------------
@@ -91,9 +96,9 @@ class ClassificationTask:
                 loss = loss_fn(model(x[idx]), y[idx])
                 loss.backward()
                 opt.step()
-                total += loss.item()
+                total = total + loss.detach()
                 batches += 1
-        return {"train_loss": total / max(batches, 1)}
+        return {"train_loss": float(total) / max(batches, 1)}
 
     # -- central evaluation ------------------------------------------------------
     def evaluate(self, weights: Weights, data: ClientData) -> dict[str, float]:
