@@ -21,7 +21,7 @@ from .checkpoint import CheckpointInfo, CheckpointStore
 from .config import DEFAULT_STORAGE, Environment, RunConfig
 from .controller import STATUS_FILE, RunState
 from .errors import ConfigError, RunFailedError, RunNotFoundError
-from .runtime import ControllerActor, connect, controller_name
+from .runtime import ControllerActor, connect, controller_name, ship_runtime_env
 
 __all__ = ["run", "submit", "attach", "status", "stop", "checkpoints", "RunHandle", "RunResult", "new_run_id"]
 
@@ -147,8 +147,8 @@ def submit(
         "max_restarts": -1,  # restarted on another node, it resumes from the latest checkpoint
         "max_task_retries": 0,
     }
-    if config.cluster.runtime_env:
-        options["runtime_env"] = config.cluster.runtime_env
+    if config.cluster.runtime_env:  # user code travels with the run, not through a shared filesystem
+        options["runtime_env"] = ship_runtime_env(config.cluster.runtime_env)
     actor = ControllerActor.options(**options).remote(config.to_dict(), run_id, resume)
     return RunHandle(run_id, actor, config)
 

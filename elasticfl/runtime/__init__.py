@@ -1,6 +1,6 @@
 """Everything that touches Ray: actors, the executor pool, resource options, connecting."""
 
-from ._cluster import connect, controller_name
+from ._cluster import connect, controller_name, ship_runtime_env
 from ._controller_actor import ControllerActor, make_store
 from ._pool import RayExecutorPool
 from ._resources import executor_options, executors_that_fit
@@ -13,4 +13,5 @@ __all__ = [
     "executor_options",
     "executors_that_fit",
     "make_store",
+    "ship_runtime_env",
 ]

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import ray
 
 from ..errors import ClusterError
 
-__all__ = ["connect", "controller_name"]
+__all__ = ["connect", "controller_name", "ship_runtime_env"]
 
 
 def controller_name(run_id: str) -> str:
@@ -42,3 +43,29 @@ def connect(address: str | None, namespace: str, *, quiet: bool = False) -> None
                 "authentication: set RAY_AUTH_TOKEN (or ~/.ray/auth_token) to the cluster's token"
             ) from exc
         raise
+
+
+def ship_runtime_env(runtime_env: dict[str, Any]) -> dict[str, Any]:
+    """Upload local ``working_dir`` / ``py_modules`` to the cluster and return URIs in their place.
+
+    Ray uploads local paths only for the job-level runtime_env given to
+    ``ray.init``; a run's own code must reach its controller and executors even
+    when this driver connected earlier (a notebook, a test session, two runs with
+    different code). So do what ``ray.init`` does, per run.
+    """
+    if not runtime_env or not any(k in runtime_env for k in ("working_dir", "py_modules")):
+        return runtime_env
+    try:
+        from ray._private.runtime_env.py_modules import upload_py_modules_if_needed
+        from ray._private.runtime_env.working_dir import upload_working_dir_if_needed
+    except ImportError as exc:  # Ray moved its internals: fall back to URIs only
+        raise ClusterError(
+            "this Ray version cannot upload cluster.runtime_env paths per run; pass URIs "
+            "(e.g. s3://.../code.zip) or start Ray with ray.init(runtime_env=...)"
+        ) from exc
+    scratch = ray._private.worker.global_worker.node.get_runtime_env_dir_path()
+    include_gitignore = os.environ.get("RAY_RUNTIME_ENV_IGNORE_GITIGNORE", "0") != "1"
+    env = upload_py_modules_if_needed(dict(runtime_env), include_gitignore=include_gitignore, scratch_dir=scratch)
+    env = upload_working_dir_if_needed(env, include_gitignore=include_gitignore, scratch_dir=scratch)
+    env.pop("excludes", None)
+    return env

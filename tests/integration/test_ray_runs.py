@@ -100,3 +100,30 @@ def test_executors_no_node_can_hold_are_reported_not_waited_on(ray_local, tmp_pa
     pinned = noisy_config(rounds=1).with_overrides(executors={"resources": {"site_nowhere": 1}, "placement_timeout_s": 3})
     with pytest.raises(elasticfl.RunFailedError, match="not placed within 3s"):
         elasticfl.run(pinned, storage=str(tmp_path / "b"))
+
+
+def test_user_code_reaches_the_executors_through_runtime_env(ray_local, tmp_path):
+    code = tmp_path / "usercode"
+    code.mkdir()
+    (code / "my_fl_task.py").write_text(
+        "import numpy as np\n"
+        "from elasticfl.tasks import TrainResult\n"
+        "class Halve:\n"
+        "    def init_weights(self, seed, data_shape):\n"
+        "        return [np.full(4, 8.0, np.float32)]\n"
+        "    def train(self, weights, data, ctx):\n"
+        "        return TrainResult([w / 2 for w in weights], 1)\n"
+        "    def evaluate(self, weights, data):\n"
+        "        return {'value': float(weights[0][0])}\n"
+    )
+    config = elasticfl.RunConfig.from_dict(
+        {
+            "run": {"rounds": 2},
+            "task": {"type": "custom", "path": "my_fl_task:Halve"},
+            "data": {"dataset": "none", "num_clients": 4},
+            "executors": {"count": 1},
+            "cluster": {"runtime_env": {"working_dir": str(code)}},
+        }
+    )
+    result = elasticfl.run(config, storage=str(tmp_path / "runs"))
+    assert result.metrics["value"] == 2.0  # 8 -> 4 -> 2, computed by code only the runtime_env shipped
