@@ -454,6 +454,11 @@ def tree_memory(root: int | None = None) -> dict:
 class ProcessTreeMemory:
     """Peak memory of this process and ALL its descendants, sampled every ~50 ms.
 
+    The sampler is a daemon thread of the calling process: under heavy CPU load
+    (or a long GIL hold) samples come late (see ``max_gap_s``) and a short peak can
+    be missed; ``sum_hwm_rss_bytes`` (sum of the processes' own peak RSS) bounds RSS
+    from above whatever the sampling.
+
     A local Ray started by the driver (raylet, GCS, workers and actors) is made of
     descendants of the driver, so they are all counted. PSS (proportional set
     size, from each process's /proc/PID/smaps_rollup) is the figure to compare:
@@ -465,8 +470,10 @@ class ProcessTreeMemory:
         peaks = mem.stop()   # {"peak_pss_bytes": ..., "peak_rss_bytes": ...}
     """
 
-    def __init__(self, interval: float = 0.05, root: int | None = None):
+    def __init__(self, interval: float = 0.05, root: int | None = None, rescan_every: int = 10):
         self.interval = interval
+        self.rescan_every = max(1, int(rescan_every))
+        self._pids: list[int] | None = None
         self.root = os.getpid() if root is None else root
         self.peak_pss_bytes = 0
         self.peak_rss_bytes = 0
@@ -484,8 +491,25 @@ class ProcessTreeMemory:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
-    def sample(self) -> dict:
-        s = tree_memory(self.root)
+    def sample(self, rescan: bool = False) -> dict:
+        """Take one sample now: {"pss_bytes", "rss_bytes", "processes": {pid: (pss, rss)}}.
+
+        The tree is re-walked (every /proc/*/stat read, which costs more as the
+        machine runs more processes) only every ``rescan_every`` samples; between
+        walks the known processes are re-read and the ones that exited dropped.
+        """
+        rescan = rescan or self._pids is None or self.samples % self.rescan_every == 0
+        if rescan:
+            self._pids = process_tree(self.root)
+        per = {}
+        for pid in self._pids:
+            pss, rss = _rollup(pid)
+            if pss or rss:
+                per[pid] = (pss, rss)
+        self._pids = list(per) or [self.root]
+        s = {"pss_bytes": sum(p for p, _ in per.values()),
+             "rss_bytes": sum(r for _, r in per.values()),
+             "processes": per}
         with self._lock:
             self._name_peak()
             now = time.monotonic()
@@ -494,16 +518,17 @@ class ProcessTreeMemory:
             self._last_t = now
             self.samples += 1
             if s["pss_bytes"] > self.peak_pss_bytes:
-                self._peak_pids = s["processes"]  # pid -> (pss, rss) at the PSS peak
+                self._peak_pids = per  # pid -> (pss, rss) at the PSS peak
                 self._peak_names = None
             self.peak_pss_bytes = max(self.peak_pss_bytes, s["pss_bytes"])
             self.peak_rss_bytes = max(self.peak_rss_bytes, s["rss_bytes"])
-            self.peak_root_pss_bytes = max(self.peak_root_pss_bytes, s["processes"].get(self.root, (0, 0))[0])
-            self.peak_processes = max(self.peak_processes, len(s["processes"]))
-        for pid in s["processes"]:
-            h = _hwm(pid)
-            if h:
-                self._hwm[(pid, self._start_key(pid))] = h
+            self.peak_root_pss_bytes = max(self.peak_root_pss_bytes, per.get(self.root, (0, 0))[0])
+            self.peak_processes = max(self.peak_processes, len(per))
+        if rescan:
+            for pid in per:
+                h = _hwm(pid)
+                if h:
+                    self._hwm[(pid, self._start_key(pid))] = h
         return s
 
     @staticmethod
@@ -517,7 +542,9 @@ class ProcessTreeMemory:
 
     @property
     def sum_hwm_rss_bytes(self) -> int:
-        """Sum over every process seen in the tree of its own peak RSS (VmHWM)."""
+        """Sum over every process seen in the tree of its own peak RSS (VmHWM, read at
+        each tree walk and at stop()): an upper bound on the tree's peak RSS, except for
+        what a process that exited gained in its last ~0.5 s."""
         return int(sum(self._hwm.values()))
 
     def _name_peak(self) -> None:
@@ -555,7 +582,7 @@ class ProcessTreeMemory:
             self._stop.set()
             self._thread.join()
             self._thread = None
-            self.sample()
+            self.sample(rescan=True)
         return self.peaks()
 
     def __enter__(self) -> "ProcessTreeMemory":

@@ -74,7 +74,10 @@ class ClientWorker:
     def prepare(self) -> str:
         """Pay the start-up costs (imports, data loading, partitioning) before round 1."""
         self._load_data()
-        _ = self.task
+        warm_up = getattr(self.task, "warm_up", None)
+        if warm_up is not None and self._dataset is not None:
+            ds = self._dataset
+            warm_up(ClientData(ds.x_test, ds.y_test, ds.num_classes))
         return self.node_id
 
     # -- the three things a controller asks for ---------------------------------------

@@ -68,6 +68,22 @@ class ClassificationTask:
             np.copyto(tensor.detach().cpu().numpy(), np.asarray(array).reshape(tensor.shape))
         return self._model
 
+    def warm_up(self, data: ClientData) -> None:
+        """One throw-away step, so torch's one-off start-up (autograd engine, kernels)
+        is paid before round 1 instead of inside it."""
+        if len(data) == 0:
+            return
+        model = self._model or self._factory()(data.x.shape[1], data.num_classes, list(self.config.hidden))
+        self._model = model
+        rows = slice(0, min(len(data), 2))
+        saved = {k: v.clone() for k, v in model.state_dict().items()}
+        opt = torch.optim.SGD(model.parameters(), lr=self.config.lr)  # its first step imports lazily
+        loss = nn.functional.cross_entropy(model(torch.from_numpy(data.x[rows])), torch.from_numpy(data.y[rows]))
+        loss.backward()
+        opt.step()
+        model.load_state_dict(saved)
+        model.zero_grad(set_to_none=True)
+
     # -- client training ---------------------------------------------------------
     def train(self, weights: Weights, data: ClientData, ctx: TrainContext) -> TrainResult:
         n = len(data)
