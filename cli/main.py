@@ -116,13 +116,16 @@ def run(
         "checkpoint": result.checkpoint,
         "weights_sha256": result.weights_sha256,
         "error": result.error,
+        "error_type": result.error_type,
     }
     if as_json:
         _emit(final)
     else:
         _summary(final)
     if result.state == "failed":
-        raise typer.Exit(EXIT_FAILED)
+        # errors the user can fix (config, their code, the cluster) keep their own exit codes
+        kinds = {"ConfigError": EXIT_USAGE, "TaskError": EXIT_USAGE, "ClusterError": EXIT_UNREACHABLE, "StorageError": EXIT_UNREACHABLE}
+        raise typer.Exit(kinds.get(result.error_type or "", EXIT_FAILED))
 
 
 def _follow(handle: Any, rounds: int, as_json: bool) -> Any:

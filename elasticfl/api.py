@@ -38,6 +38,7 @@ class RunResult:
     weights_sha256: str | None
     checkpoint: str | None
     error: str | None = None
+    error_type: str | None = None
     history: list[dict[str, Any]] = field(default_factory=list, repr=False)
 
     @property
@@ -114,6 +115,7 @@ class RunHandle:
             weights_sha256=status["weights_sha256"],
             checkpoint=status["checkpoint"],
             error=status["error"],
+            error_type=status.get("error_type"),
             history=self.history,
         )
 
@@ -214,6 +216,7 @@ def _store(run_id: str, storage: str | None, endpoint_url: str | None = None) ->
 
 def status(run_id: str, *, storage: str | None = None, address: str | None = None, namespace: str = "elasticfl") -> dict[str, Any]:
     """A running run's status from its controller; a finished one's from storage."""
+    address = address or Environment.read().ray_address
     if address is not None or ray.is_initialized():
         try:
             return attach(run_id, address=address, namespace=namespace).status()
@@ -229,7 +232,7 @@ def status(run_id: str, *, storage: str | None = None, address: str | None = Non
 
 
 def stop(run_id: str, *, address: str | None = None, namespace: str = "elasticfl") -> None:
-    attach(run_id, address=address, namespace=namespace).stop()
+    attach(run_id, address=address or Environment.read().ray_address, namespace=namespace).stop()
 
 
 def checkpoints(run_id: str, *, storage: str | None = None, verify: bool = True) -> list[CheckpointInfo]:

@@ -56,6 +56,7 @@ class Controller:
         self.weights: Weights | None = None
         self.history: list[dict[str, Any]] = []
         self.error: str | None = None
+        self.error_type: str | None = None  # the exception class, so callers can tell user errors apart
         self.last_checkpoint: str | None = None
         self.resumed_from: int | None = None  # the checkpoint round a resume started from
         self.weights_digest: str | None = None
@@ -102,6 +103,7 @@ class Controller:
         except Exception as exc:  # the run fails; the reason goes to status and storage
             log.exception("run %s failed", self.run_id)
             self.error = f"{type(exc).__name__}: {exc}"
+            self.error_type = type(exc).__name__
             state = RunState.FAILED
         finally:
             self._finish(state)
@@ -232,7 +234,7 @@ class Controller:
 
     def _finish(self, state: RunState) -> None:
         self._wait_for_save()
-        if state is RunState.COMPLETED and self.weights is not None and self.weights_digest is None:
+        if state is not RunState.FAILED and self.weights is not None and self.weights_digest is None:
             self.weights_digest = weights_sha256(self.weights)
         with self._lock:
             self.state = state
@@ -257,6 +259,7 @@ class Controller:
                 "checkpoint": self.last_checkpoint,
                 "storage": self.store.run_uri,
                 "error": self.error,
+                "error_type": self.error_type,
                 "resumed_from": self.resumed_from,
                 "started_at": self.started_at,
                 "updated_at": self.clock(),

@@ -76,3 +76,13 @@ def test_run_status_checkpoints_and_resume(ray_local, noisy_yaml, tmp_path):
 def test_stop_of_an_unknown_run_exits_3(ray_local):
     result = runner.invoke(app, ["stop", "no-such-run"])
     assert result.exit_code == 3 and "no running controller" in result.output
+
+
+def test_user_code_that_cannot_be_imported_exits_2(ray_local, tmp_path):
+    cfg = noisy_config(rounds=1).to_dict()
+    cfg["task"]["path"] = "no_such_module_anywhere:Task"
+    path = tmp_path / "bad_task.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    result = runner.invoke(app, ["run", str(path), "--storage", str(tmp_path / "runs")])
+    assert result.exit_code == 2, result.output
+    assert "no_such_module_anywhere" in result.output and "runtime_env" in result.output
