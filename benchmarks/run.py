@@ -50,6 +50,7 @@ def elasticfl_config(workload: str, storage: str, registered: int | None = None,
         "executors": {"count": 2, "num_cpus": 1},  # two executors of one CPU, as the peer gets
         "checkpoint": {"storage": storage, "every": 1, "keep_last": 2},  # checkpointing on
         "evaluation": {"every": 1 if spec["evaluate"] else 0},
+        "cluster": {"dashboard": False},  # as the peer runs (Flower starts Ray without it)
     })
 
 
@@ -88,12 +89,24 @@ def run_elasticfl(workload: str, registered: int | None, rounds: int | None) -> 
 
 
 def _child(args: list[str], python: str | Path = sys.executable, script: Path | None = None) -> dict:
+    """Run one framework twice in fresh processes: timed with memory sampling off (reading
+    /proc/PID/smaps_rollup steals CPU), then again for the memory peaks."""
     cmd = [str(python), str(script or Path(__file__)), *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=HERE.parent, env={**os.environ, "PYTHONPATH": str(HERE.parent)})
-    lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    return json.loads(lines[-1])
+    out: dict = {}
+    for sampling in ("0", "1"):
+        env = {**os.environ, "PYTHONPATH": str(HERE.parent), "BENCH_MEMORY_SAMPLING": sampling}
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=HERE.parent, env=env)
+        lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
+        if proc.returncode != 0 or not lines:
+            raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+        result = json.loads(lines[-1])
+        if sampling == "0":
+            out = result
+        else:
+            mem_keys = [k for k in result if "pss" in k or "rss" in k]
+            out.update({k: result[k] for k in mem_keys})
+            out["seconds_per_round_while_sampling_memory"] = result.get("seconds_per_round")
+    return out
 
 
 def main() -> int:

@@ -140,7 +140,7 @@ def submit(
             f"run {run_id!r} already has checkpoints under {config.checkpoint.storage}; "
             "pass --resume to continue it, or choose another --run-id"
         )
-    connect(config.cluster.address, config.cluster.namespace, quiet=quiet)
+    connect(config.cluster.address, config.cluster.namespace, quiet=quiet, dashboard=config.cluster.dashboard)
     _clear_finished_controller(run_id, config.cluster.namespace)
     options: dict[str, Any] = {
         "name": controller_name(run_id),

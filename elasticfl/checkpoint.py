@@ -18,6 +18,7 @@ import posixpath
 import re
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
@@ -390,6 +391,27 @@ class CheckpointStore(_Storage):
             return None
         except ValueError as e:
             raise CheckpointError(f"{self._uri(path)} is not valid JSON: {e}") from e
+
+    # -- the run's history: one small object per round, written once -------------------
+    # Kept out of the checkpoints so that a checkpoint's size, and the work of writing
+    # it, do not grow with the number of rounds run so far.
+    def write_round_record(self, round: int, record: dict) -> None:
+        self._put(self._record_path(round), json.dumps(record, separators=(",", ":"), default=_json_default).encode())
+
+    def read_round_records(self, up_to: int) -> list[dict]:
+        """Rounds 1..up_to, in order, read in parallel; a missing one is skipped with a warning."""
+        def read(r: int) -> dict | None:
+            try:
+                return json.loads(self._read(self._record_path(r)))
+            except FileNotFoundError:
+                log.warning("run %s has no history record for round %d", self.run_id, r)
+                return None
+
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            return [rec for rec in pool.map(read, range(1, up_to + 1)) if rec is not None]
+
+    def _record_path(self, round: int) -> str:
+        return posixpath.join(self._run, "history", f"round-{int(round):08d}.json")
 
     def _json_path(self, name: str) -> str:
         if not isinstance(name, str) or not _NAME.match(name):

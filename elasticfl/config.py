@@ -205,6 +205,7 @@ class CheckpointConfig(_Section):
 class ClusterConfig(_Section):
     address: str | None = None  # None: start an embedded local Ray; "auto" or host:port: join a cluster
     namespace: str = "elasticfl"
+    dashboard: bool = True  # start the Ray dashboard with the embedded local Ray
     runtime_env: dict[str, Any] = Field(default_factory=dict)  # working_dir / py_modules / pip for user code
 
 

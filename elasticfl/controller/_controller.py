@@ -172,6 +172,7 @@ class Controller:
             self.weights = new_weights
             self.round = r
             self.history.append(record)
+        self._saver.submit(self._write_record, r, record)  # in order, before round r's checkpoint
         last = r >= self.config.run.rounds
         if last or r % self.config.checkpoint.every == 0 or self._stop.is_set():
             self._checkpoint()
@@ -190,9 +191,14 @@ class Controller:
             "round": self.round,
             "config": self.config.to_dict(),
             "strategy": strategy_scalars,
-            "history": list(self.history),
         }
         self._pending_save = self._saver.submit(self._save, self.round, arrays, state)
+
+    def _write_record(self, round: int, record: dict[str, Any]) -> None:
+        try:
+            self.store.write_round_record(round, record)
+        except Exception as exc:  # the history is a report, not state: never fail a run over it
+            log.error("could not write round %d's history record: %s", round, exc)
 
     def _save(self, round: int, arrays: dict[str, np.ndarray], state: dict) -> None:
         # The weights digest is computed once, when the run ends, not per checkpoint:
@@ -227,7 +233,7 @@ class Controller:
         self.strategy.load_state_dict(strategy_state)
         self.weights = weights
         self.round = int(state["round"])
-        self.history = list(state.get("history", []))
+        self.history = self.store.read_round_records(self.round)
         self.resumed_from = self.round
         self.last_checkpoint = checkpoint.uri
         log.info("run %s resumed from round %d (%s)", self.run_id, self.round, checkpoint.uri)

@@ -17,7 +17,7 @@ def controller_name(run_id: str) -> str:
     return f"controller/{run_id}"
 
 
-def connect(address: str | None, namespace: str, *, quiet: bool = False) -> None:
+def connect(address: str | None, namespace: str, *, quiet: bool = False, dashboard: bool = True) -> None:
     """Start the embedded local Ray (address None) or join the cluster at ``address``.
 
     Reuses a connection this process already has. Token authentication (on by
@@ -27,6 +27,8 @@ def connect(address: str | None, namespace: str, *, quiet: bool = False) -> None
     if ray.is_initialized():
         return
     kwargs: dict[str, Any] = {"namespace": namespace, "ignore_reinit_error": True}
+    if address is None:
+        kwargs["include_dashboard"] = dashboard
     if quiet:
         kwargs.update(logging_level=logging.WARNING, log_to_driver=False, configure_logging=True)
     try:
