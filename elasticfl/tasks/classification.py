@@ -37,6 +37,8 @@ class ClassificationTask:
     def __init__(self, config) -> None:  # a ClassificationTaskConfig
         self.config = config
         self._model: nn.Module | None = None
+        self._tensors: list[torch.Tensor] = []
+        self._opt: torch.optim.Optimizer | None = None
         self._train_fn: Callable | None = load_object(config.train, "task.train") if config.train else None
         self._eval_fn: Callable | None = load_object(config.evaluate, "task.evaluate") if config.evaluate else None
 
@@ -53,36 +55,40 @@ class ClassificationTask:
         if data_shape is None:
             raise TaskError("the classification task needs a dataset (data.dataset) to size its model")
         torch.manual_seed(seed)
-        self._model = self._factory()(data_shape[0], data_shape[1], list(self.config.hidden))
-        return [t.detach().cpu().numpy().copy() for t in self._model.state_dict().values()]
+        self._build(*data_shape)
+        return [t.detach().cpu().numpy().copy() for t in self._tensors]
+
+    def _build(self, input_dim: int, num_classes: int) -> nn.Module:
+        """One model and one optimizer per executor, reused for every client it serves."""
+        self._model = self._factory()(input_dim, num_classes, list(self.config.hidden))
+        self._tensors = list(self._model.state_dict().values())  # model order, shared storage
+        cfg = self.config
+        self._opt = torch.optim.SGD(self._model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return self._model
 
     def _load(self, weights: Weights, data: ClientData) -> nn.Module:
         if self._model is None:  # an executor that did not initialise the run builds the skeleton here
-            self._model = self._factory()(data.x.shape[1], data.num_classes, list(self.config.hidden))
-        state = list(self._model.state_dict().values())
-        if len(state) != len(weights):
-            raise TaskError(f"the model has {len(state)} tensors but the weights have {len(weights)} arrays")
-        for tensor, array in zip(state, weights):
+            self._build(data.x.shape[1], data.num_classes)
+        if len(self._tensors) != len(weights):
+            raise TaskError(f"the model has {len(self._tensors)} tensors but the weights have {len(weights)} arrays")
+        for tensor, array in zip(self._tensors, weights):
             # copy into the existing CPU tensors through their numpy views: one copy, and the
             # read-only arrays that come zero-copy from Ray's object store are never aliased
-            np.copyto(tensor.detach().cpu().numpy(), np.asarray(array).reshape(tensor.shape))
+            np.copyto(tensor.detach().numpy(), np.asarray(array).reshape(tensor.shape))
         return self._model
 
     def warm_up(self, data: ClientData) -> None:
-        """One throw-away step, so torch's one-off start-up (autograd engine, kernels)
-        is paid before round 1 instead of inside it."""
+        """One throw-away step, so torch's one-off start-up (autograd engine, the
+        optimizer's lazy imports) is paid before round 1 instead of inside it."""
         if len(data) == 0:
             return
-        model = self._model or self._factory()(data.x.shape[1], data.num_classes, list(self.config.hidden))
-        self._model = model
+        model = self._model or self._build(data.x.shape[1], data.num_classes)
         rows = slice(0, min(len(data), 2))
-        saved = {k: v.clone() for k, v in model.state_dict().items()}
-        opt = torch.optim.SGD(model.parameters(), lr=self.config.lr)  # its first step imports lazily
         loss = nn.functional.cross_entropy(model(torch.from_numpy(data.x[rows])), torch.from_numpy(data.y[rows]))
         loss.backward()
-        opt.step()
-        model.load_state_dict(saved)
-        model.zero_grad(set_to_none=True)
+        self._opt.step()  # the weights it changes are overwritten by the next _load
+        self._opt.zero_grad(set_to_none=True)
+        self._opt.state.clear()
 
     # -- client training ---------------------------------------------------------
     def train(self, weights: Weights, data: ClientData, ctx: TrainContext) -> TrainResult:
@@ -94,22 +100,22 @@ class ClassificationTask:
             metrics = self._train_fn(model, data, ctx, self.config) or {}
         else:
             metrics = self._sgd(model, data, ctx)
-        new = [t.detach().cpu().numpy().copy() for t in model.state_dict().values()]
-        return TrainResult(new, n, metrics)
+        return TrainResult([t.detach().numpy().copy() for t in self._tensors], n, metrics)
 
     def _sgd(self, model: nn.Module, data: ClientData, ctx: TrainContext) -> dict[str, float]:
         cfg = self.config
         x, y = torch.from_numpy(data.x), torch.from_numpy(data.y)
-        opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-        loss_fn = nn.CrossEntropyLoss()
-        model.train()
+        opt = self._opt
+        opt.state.clear()  # momentum buffers belong to one client's training, never the next's
+        if not model.training:
+            model.train()
         total, batches = 0.0, 0
         for _ in range(cfg.epochs):
             order = torch.from_numpy(ctx.rng.permutation(len(data)))
             for start in range(0, len(data), cfg.batch_size):
                 idx = order[start : start + cfg.batch_size]
                 opt.zero_grad(set_to_none=True)
-                loss = loss_fn(model(x[idx]), y[idx])
+                loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
                 loss.backward()
                 opt.step()
                 total = total + loss.detach()
