@@ -175,11 +175,16 @@ class ExecutorConfig(_Section):
         return v
 
 
-class FedAvgConfig(_Section):
+class _WeightedMeanConfig(_Section):
+    # Precision of the weighted sums: "auto" is float64 up to 2**24 parameters, float32 above.
+    accumulate: Literal["auto", "float64", "float32"] = "auto"
+
+
+class FedAvgConfig(_WeightedMeanConfig):
     name: Literal["fedavg"] = "fedavg"
 
 
-class FedAvgMConfig(_Section):
+class FedAvgMConfig(_WeightedMeanConfig):
     name: Literal["fedavgm"]
     server_lr: float = Field(1.0, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)

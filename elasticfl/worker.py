@@ -16,7 +16,7 @@ import numpy as np
 from .config import RunConfig
 from .controller._types import ClientReport, UnitResult
 from .selection import WorkUnit, client_seed
-from .strategies import WeightedSum
+from .strategies import WeightedSum, resolve_precision
 from .tasks import ClientData, Task, TrainContext, build_task
 from .weights import Weights, check_update
 
@@ -87,7 +87,8 @@ class ClientWorker:
     def run_unit(self, round: int, weights: Weights, unit: WorkUnit) -> UnitResult:
         self._load_data()
         task = self.task
-        summed = WeightedSum()
+        params = sum(int(w.size) for w in weights)
+        summed = WeightedSum(precision=resolve_precision(self.config.strategy.accumulate, params))
         reports = []
         for cid in unit.client_ids:  # client-id order: the partial sum's bits depend on nothing else
             start = time.perf_counter()

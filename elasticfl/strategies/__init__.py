@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from ._base import Strategy, WeightedSum, accumulator_dtype
+from ._base import AUTO_FLOAT64_MAX_PARAMS, Strategy, WeightedSum, accumulator_dtype, resolve_precision
 from .fedavg import FedAvg
 from .fedavgm import FedAvgM
 
-__all__ = ["Strategy", "WeightedSum", "accumulator_dtype", "FedAvg", "FedAvgM", "build_strategy"]
+__all__ = ["Strategy", "WeightedSum", "accumulator_dtype", "resolve_precision", "AUTO_FLOAT64_MAX_PARAMS", "FedAvg", "FedAvgM", "build_strategy"]
 
 
 def build_strategy(config) -> Strategy:

@@ -9,13 +9,33 @@ import numpy as np
 
 from ..weights import Weights
 
-__all__ = ["Strategy", "WeightedSum", "accumulator_dtype"]
+__all__ = ["Strategy", "WeightedSum", "accumulator_dtype", "resolve_precision", "AUTO_FLOAT64_MAX_PARAMS"]
 
 
-def accumulator_dtype(dtype: np.dtype) -> np.dtype:
-    """Floats are summed in float64: the bits of a float64 sum of float32 updates,
-    cast back, do not depend on how the cohort was cut into work units."""
-    return np.dtype(np.float64) if np.dtype(dtype).kind == "f" else np.dtype(dtype)
+# Models up to this many parameters are summed in float64 under "auto".
+AUTO_FLOAT64_MAX_PARAMS = 2**24
+
+
+def resolve_precision(setting: str, num_params: int) -> str:
+    """The accumulator precision a strategy's ``accumulate`` setting means for this model.
+
+    float64 makes the sum of float32 updates agree bit for bit with any other
+    float64 reduction (a plain loop, another framework); float32 halves the bytes
+    moved and the memory traffic of large models. Either way the bits are fixed by
+    the run's unit boundaries, so every run and resume of a config agrees.
+    """
+    if setting == "auto":
+        return "float64" if num_params <= AUTO_FLOAT64_MAX_PARAMS else "float32"
+    return setting
+
+
+def accumulator_dtype(dtype: np.dtype, precision: str = "float64") -> np.dtype:
+    dtype = np.dtype(dtype)
+    if dtype.kind != "f":
+        return dtype
+    if precision == "float64":
+        return np.dtype(np.float64)
+    return np.promote_types(dtype, np.float32)  # half precision is summed in float32 at least
 
 
 @dataclass
@@ -31,12 +51,20 @@ class WeightedSum:
     total_weight: float = 0.0
     count: int = 0
     dtypes: list[str] = field(default_factory=list)
+    precision: str = "float64"
 
     def add(self, update: Sequence[np.ndarray], weight: float) -> None:
         if self.sums is None:
-            self.sums = [np.zeros(a.shape, accumulator_dtype(a.dtype)) for a in update]
             self.dtypes = [a.dtype.str for a in update]
-        if weight:
+            kinds = [accumulator_dtype(a.dtype, self.precision) for a in update]
+            # The first update starts the sums (0 + w*x is exactly w*x): no zero-filled pass.
+            if weight == 1:
+                self.sums = [a.astype(k, copy=True) for a, k in zip(update, kinds)]
+            elif weight:
+                self.sums = [np.multiply(a, weight, dtype=k) for a, k in zip(update, kinds)]
+            else:
+                self.sums = [np.zeros(a.shape, k) for a, k in zip(update, kinds)]
+        elif weight:
             for acc, a in zip(self.sums, update):
                 if weight == 1:
                     np.add(acc, a, out=acc, casting="unsafe")

@@ -62,3 +62,21 @@ def test_fedavgm_applies_server_momentum_and_round_trips_its_state():
     # velocity = 0.9 * 1 + 0.5 = 1.4; w = 0.5 - 0.5 * 1.4 = -0.2
     assert w2[0][0] == pytest.approx(-0.2)
     assert again.aggregate(w1, _sum([([np.array([0.0], np.float32)], 1)]))[0][0] == w2[0][0]
+
+
+def test_accumulator_precision_is_chosen_by_model_size():
+    from elasticfl.strategies import AUTO_FLOAT64_MAX_PARAMS, resolve_precision
+
+    assert resolve_precision("auto", 4810) == "float64"
+    assert resolve_precision("auto", AUTO_FLOAT64_MAX_PARAMS + 1) == "float32"
+    assert resolve_precision("float64", 10**9) == "float64"
+    s = WeightedSum(precision="float32")
+    s.add([np.ones(3, np.float16)], 2)
+    assert s.sums[0].dtype == np.float32  # half precision is summed in float32 at least
+    s.add([np.ones(3, np.float16)], 1)
+    np.testing.assert_array_equal(s.mean()[0], np.ones(3, np.float16))
+
+
+def test_a_first_update_with_weight_zero_still_starts_the_sums():
+    s = _sum([([np.ones(2, np.float32)], 0), ([np.full(2, 3.0, np.float32)], 2)])
+    np.testing.assert_array_equal(s.mean()[0], np.full(2, 3.0, np.float32))
