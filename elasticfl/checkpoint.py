@@ -149,23 +149,27 @@ class _Storage:
                 log.debug("%s %s failed (%s); retry %d", what, self._uri(path), e, attempt + 1)
                 time.sleep(min(self.retry_backoff_s * 2**attempt, 30.0))
 
-    def _put(self, path: str, data: bytes) -> None:
-        """Write ``data``, already fully serialised, as one whole file/object."""
+    def _put(self, path: str, data: bytes | list) -> None:
+        """Write ``data`` (bytes, or a list of byte views), already fully serialised, as one
+        whole file/object."""
         fs = self._filesystem()
+        parts = data if isinstance(data, list) else [data]
 
         def put():
             if fs.type_name != "local":
                 # Closing an object-store stream publishes what it holds, even after an error, and
                 # Python gets no abort(): so open it only now, every byte ready, for one write.
+                whole = parts[0] if len(parts) == 1 else b"".join(parts)
                 with fs.open_output_stream(path) as out:
-                    out.write(data)
+                    out.write(whole)
                 return
             parent = posixpath.dirname(path)  # local: write aside, then rename (all or nothing)
             fs.create_dir(parent, recursive=True)
             tmp = posixpath.join(parent, f".{posixpath.basename(path)}.{uuid.uuid4().hex}.tmp")
             try:
-                with fs.open_output_stream(tmp) as out:
-                    out.write(data)
+                with fs.open_output_stream(tmp) as out:  # invisible until the rename
+                    for part in parts:
+                        out.write(part)
                 fs.move(tmp, path)
             except BaseException:
                 with contextlib.suppress(Exception):
@@ -202,8 +206,11 @@ def _json_default(obj):
     raise TypeError(f"{type(obj).__name__} is not JSON-serialisable")
 
 
-def _pack(arrays: dict) -> tuple[bytes, list[dict]]:
-    """All arrays -> one bytes object (one copy, by a single join) and its index."""
+def _pack(arrays: dict) -> tuple[list, list[dict]]:
+    """All arrays -> the byte views (and padding) that make up arrays.bin, and its index.
+
+    No copy here: a local write streams the views into a temporary file, an object
+    store gets them joined into one buffer (see _Storage._put)."""
     parts, index, offset = [], [], 0
     for name, value in arrays.items():
         a = np.asarray(value)
@@ -216,7 +223,15 @@ def _pack(arrays: dict) -> tuple[bytes, list[dict]]:
                       "nbytes": a.nbytes})
         parts.append(np.ascontiguousarray(a).reshape(-1).view(np.uint8))  # a view unless strided
         offset += a.nbytes
-    return b"".join(parts), index
+    return parts, index
+
+
+def _describe(parts: list) -> dict:
+    digest, size = hashlib.sha256(), 0
+    for part in parts:
+        digest.update(part)
+        size += memoryview(part).nbytes
+    return {"size": size, "sha256": digest.hexdigest()}
 
 
 def _unpack(buf: bytearray, index: list[dict]) -> dict[str, np.ndarray]:
@@ -264,10 +279,10 @@ class CheckpointStore(_Storage):
             state_bytes = json.dumps(state, default=_json_default).encode()
         except (TypeError, ValueError) as e:
             raise CheckpointError(f"state for round {round} is not JSON-serialisable: {e}") from e
-        files = {ARRAYS: payload, STATE: state_bytes}
+        files = {ARRAYS: payload, STATE: [state_bytes]}
         manifest = json.dumps({
             "format": FORMAT, "version": VERSION, "round": int(round), "created_at": time.time(),
-            "files": {n: {"size": len(b), "sha256": hashlib.sha256(b).hexdigest()} for n, b in files.items()},
+            "files": {n: _describe(parts) for n, parts in files.items()},
             "arrays": index,
         }, indent=1).encode()
         try:  # re-saving a round: its old manifest must not outlive the data it vouched for

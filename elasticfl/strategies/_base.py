@@ -75,15 +75,19 @@ class WeightedSum:
         self.count += 1
 
     def merge(self, other: "WeightedSum") -> None:
+        """Add another unit's sums. The first unit's arrays are adopted, not copied: when
+        they are read-only (zero-copy from Ray's object store) the next add makes new ones."""
         if other.sums is None:
             self.count += other.count
             return
         if self.sums is None:
-            self.sums = [s.copy() for s in other.sums]
+            self.sums = list(other.sums)
             self.dtypes = list(other.dtypes)
         else:
-            for acc, s in zip(self.sums, other.sums):
-                np.add(acc, s, out=acc)
+            self.sums = [
+                np.add(acc, s, out=acc) if acc.flags.writeable else np.add(acc, s)
+                for acc, s in zip(self.sums, other.sums)
+            ]
         self.total_weight += other.total_weight
         self.count += other.count
 
@@ -92,9 +96,8 @@ class WeightedSum:
         (no model-sized temporaries): the WeightedSum is spent afterwards."""
         if self.sums is None or self.total_weight <= 0:
             raise ValueError("no weighted updates to average")
-        for s in self.sums:
-            np.divide(s, self.total_weight, out=s)
-        mean = [s.astype(np.dtype(d)) for s, d in zip(self.sums, self.dtypes)]
+        quotients = [np.divide(s, self.total_weight, out=s if s.flags.writeable else None) for s in self.sums]
+        mean = [q.astype(np.dtype(d), copy=False) for q, d in zip(quotients, self.dtypes)]
         self.sums = None
         return mean
 
