@@ -154,6 +154,8 @@ class _Storage:
         whole file/object."""
         fs = self._filesystem()
         parts = data if isinstance(data, list) else [data]
+        if len(parts) > 1 and sum(memoryview(p).nbytes for p in parts) < 2**20:
+            parts = [b"".join(parts)]  # small: one write beats many
 
         def put():
             if fs.type_name != "local":

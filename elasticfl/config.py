@@ -163,7 +163,7 @@ class ExecutorConfig(_Section):
     num_gpus: float = Field(0.0, ge=0)
     accelerator_type: str | None = None  # e.g. "A100", "H100", "TPU-V4"
     resources: dict[str, float] = Field(default_factory=dict)  # custom resources, e.g. {site_a: 1}
-    unit_size: int | None = Field(None, ge=1)  # clients per work unit; default ~cohort/8
+    unit_size: int | None = Field(None, ge=1)  # clients per work unit; default ~25 (see selection.py)
     max_unit_retries: int = Field(3, ge=0)  # re-runs of one work unit whose executor died
     placement_timeout_s: float = Field(120.0, gt=0)  # executors not placed by then: a clear error, not a hang
 

@@ -54,19 +54,22 @@ class WorkUnit:
     client_ids: tuple[int, ...]
 
 
-# Partial sums (float64) in flight per round stay under this many bytes.
+# Partial sums in flight per round stay under this many bytes (counted at 8 bytes a value).
 PARTIAL_SUM_BUDGET = 512 * 2**20
+# Clients per unit by default: each executor call costs ~2 ms here, so a unit should
+# carry enough client work to hide that, and a round still splits into several units.
+DEFAULT_CLIENTS_PER_UNIT = 25
 
 
 def default_unit_size(cohort_size: int, model_params: int = 0) -> int:
-    """About eight units per round: enough to balance a handful of executors, few
-    enough that per-call overhead stays small; fewer for large models, so that the
-    float64 partial sums moved per round stay within PARTIAL_SUM_BUDGET.
+    """About 25 clients per unit, at least two units per round (so two executors share
+    a round), and fewer units for a model so large that the round's partial sums would
+    pass PARTIAL_SUM_BUDGET. Heavy clients (GPU training) want ``executors.unit_size: 1``.
 
     Depends on the cohort and the model alone, never on the cluster, so the unit
     boundaries (and the bits of the sums) are the same on every run and resume.
     """
-    units = 8
+    units = max(2, -(-cohort_size // DEFAULT_CLIENTS_PER_UNIT))
     if model_params:
         units = min(units, max(2, PARTIAL_SUM_BUDGET // (8 * model_params)))
     return max(1, -(-cohort_size // units))

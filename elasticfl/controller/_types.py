@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..selection import WorkUnit
@@ -38,9 +38,16 @@ class ClientReport:
     metrics: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        if d["reason"] is None:
-            del d["reason"]
+        d = {  # by hand: dataclasses.asdict deep-copies, and this runs for every client every round
+            "client_id": self.client_id,
+            "status": self.status,
+            "num_examples": self.num_examples,
+            "duration_s": self.duration_s,
+            "node_id": self.node_id,
+            "metrics": self.metrics,
+        }
+        if self.reason is not None:
+            d["reason"] = self.reason
         return d
 
 

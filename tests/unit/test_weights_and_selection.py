@@ -56,4 +56,6 @@ def test_units_cover_the_cohort_in_order():
     units = make_units(cohort, unit_size=3)
     assert [u.client_ids for u in units] == [(3, 5, 8), (13, 21, 34), (55,)]
     assert [u.unit_id for u in units] == [0, 1, 2]
-    assert len(make_units(np.arange(100))) == 8  # about eight units by default
+    assert [len(u.client_ids) for u in make_units(np.arange(100))] == [25] * 4  # ~25 clients a unit
+    assert len(make_units(np.arange(10))) == 2  # at least two units
+    assert len(make_units(np.arange(10), model_params=100_000_000)) == 2  # big models: few units
