@@ -63,8 +63,15 @@ def run_elasticfl(workload: str, registered: int | None, rounds: int | None) -> 
     with tempfile.TemporaryDirectory(prefix="elasticfl-bench-") as tmp:
         config = elasticfl_config(workload, tmp, registered, rounds)
         result = elasticfl.run(config, quiet=True)
-        weights = None
         history = result.history
+        w2_error = None
+        if W.spec(workload)["model"] == "w2":  # check the result, not just the clock
+            from elasticfl.checkpoint import CheckpointStore
+
+            final = CheckpointStore(config.checkpoint.storage, result.run_id).latest()
+            weights = [final.arrays[f"weights/{i}"] for i in range(W.W2_ARRAYS)]
+            w2_error = W.w2_error(weights, None, len(history))
+            del weights, final
     starts = [h["started_at"] for h in history]
     ends = [h["started_at"] + h["duration_s"] for h in history]
     # A round's wall time runs from the end of the one before (checkpoint and dispatch included).
@@ -83,7 +90,8 @@ def run_elasticfl(workload: str, registered: int | None, rounds: int | None) -> 
         "weights_sha256": result.weights_sha256,
         "state": result.state,
     }
-    del weights
+    if w2_error is not None:
+        out["w2_max_abs_error"] = w2_error
     out.update(mem.stop())
     return out
 
