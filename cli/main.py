@@ -184,7 +184,7 @@ def _summary(final: dict[str, Any]) -> None:
         if key in final["metrics"]:
             out.print(f"  {key}: {final['metrics'][key]:.4f}", highlight=False)
     out.print(f"  checkpoint: {final['checkpoint']}", highlight=False, soft_wrap=True)
-    out.print(f"  weights_sha256: {final['weights_sha256']}", highlight=False)
+    out.print(f"  weights_sha256: {final['weights_sha256']}", highlight=False, soft_wrap=True)
     out.print(f"  run id: {final['run_id']}", highlight=False)
     if final["error"]:
         out.print(f"  error: {final['error']}", highlight=False, soft_wrap=True)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import ray
-from ray.exceptions import RayActorError
+from ray.exceptions import ActorUnavailableError, RayActorError
 
 from .checkpoint import CheckpointInfo, CheckpointStore
 from .config import DEFAULT_STORAGE, Environment, RunConfig
@@ -89,7 +89,7 @@ class RunHandle:
         without being yielded again.
         """
         while True:
-            status, new = ray.get(self._actor.poll.remote(self._seen))
+            status, new = self._poll()
             self._last_status = status
             for record in new:
                 self._seen = record["round"]
@@ -99,6 +99,20 @@ class RunHandle:
             if RunState(status["state"]).finished:
                 return
             time.sleep(poll_s)
+
+    def _poll(self, patience_s: float = 300.0) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """One poll of the controller, riding out a restart of its actor (its node died)."""
+        deadline = time.monotonic() + patience_s
+        while True:
+            try:
+                return ray.get(self._actor.poll.remote(self._seen))
+            except (RayActorError, ActorUnavailableError):
+                if time.monotonic() > deadline:
+                    raise RunNotFoundError(
+                        f"the controller of run {self.run_id!r} did not come back within {patience_s:.0f}s; "
+                        f"`elasticfl status {self.run_id}` reads its last state from storage"
+                    ) from None
+                time.sleep(0.5)
 
     def wait(self, on_round: Callable[[dict[str, Any]], None] | None = None) -> RunResult:
         for record in self.rounds():

@@ -8,6 +8,7 @@ round costs O(units) calls and O(units x model) bytes, not O(clients).
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from collections import deque
 from typing import Any
@@ -18,6 +19,7 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutErro
 from ..config import RunConfig
 from ..controller import UnitResult
 from ..errors import ClusterError, RunFailedError, TaskError
+from ..policies import Action, FailureKind, FailurePolicy, UnitFailure
 from ..selection import WorkUnit, default_unit_size
 from ..weights import Weights
 from ._executor import ExecutorActor
@@ -43,8 +45,10 @@ class RayExecutorPool:
         self._executors: dict[int, Any] = {}
         self._nodes: dict[int, str] = {}
         self._spawned = 0
+        self._generation = secrets.token_hex(2)
         self._weights_ref: tuple[Weights, Any] | None = None
         self.replaced = 0
+        self._policy = FailurePolicy(config.executors.max_unit_retries)
         for _ in range(self._initial_count()):
             self._spawn()
         self._wait_ready()
@@ -68,7 +72,8 @@ class RayExecutorPool:
         index = self._spawned
         self._spawned += 1
         actor = ExecutorActor.options(
-            name=f"{self.run_id}/executor-{index}",
+            # the generation tells a restarted controller's executors from those of the one before
+            name=f"{self.run_id}/executor-{self._generation}.{index}",
             max_restarts=0,  # a lost executor is replaced by the pool, its unit re-queued
             **self._options,
         ).remote(self._config_dict, self._options["num_cpus"])
@@ -124,7 +129,6 @@ class RayExecutorPool:
         inflight: dict[Any, tuple[int, WorkUnit]] = {}
         load = {i: 0 for i in self._executors}
         results: list[UnitResult] = []
-        max_attempts = self.config.executors.max_unit_retries + 1
         while pending or inflight:
             for index, actor in list(self._executors.items()):
                 while pending and load.setdefault(index, 0) < _PREFETCH:
@@ -139,13 +143,12 @@ class RayExecutorPool:
                 try:
                     result: UnitResult = ray.get(obj)
                 except _EXECUTOR_LOST as exc:
-                    if attempts[unit.unit_id] >= max_attempts:
-                        raise RunFailedError(
-                            f"round {round}: work unit {unit.unit_id} (clients {unit.client_ids[0]}.."
-                            f"{unit.client_ids[-1]}) lost its executor {attempts[unit.unit_id]} times; "
-                            "raise executors.max_unit_retries or check the nodes' health"
-                        ) from exc
-                    log.warning("executor %d lost in round %d (%s); re-queueing unit %d", index, round, type(exc).__name__, unit.unit_id)
+                    failure = UnitFailure(round, unit.unit_id, unit.client_ids[0], unit.client_ids[-1],
+                                          attempts[unit.unit_id], FailureKind.EXECUTOR_LOST)
+                    decision = self._policy.decide(failure)
+                    if decision.action is Action.FAIL_RUN:
+                        raise RunFailedError(decision.reason) from exc
+                    log.warning("%s (%s)", decision.reason, type(exc).__name__)
                     if index in self._executors:
                         self._replace(index)
                     load.pop(index, None)

@@ -53,9 +53,14 @@ def test_status_stop_and_checkpoints_of_a_submitted_run(ray_local, tmp_path):
     assert infos and infos[-1].round == result.round and all(i.valid for i in infos)
 
 
-def _executor_pid(ray, run_id: str) -> int:
-    actor = ray.get_actor(f"{run_id}/executor-0", namespace="elasticfl")
+def _pid_of(ray, name: str) -> int:
+    actor = ray.get_actor(name, namespace="elasticfl")
     return ray.get(actor.__ray_call__.remote(lambda self: __import__("os").getpid()), timeout=30)
+
+
+def _executor_pid(ray, run_id: str) -> int:
+    names = sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith(f"{run_id}/executor-"))
+    return _pid_of(ray, names[0])
 
 
 def test_an_executor_killed_mid_round_loses_nothing(ray_local, tmp_path):
@@ -127,3 +132,23 @@ def test_user_code_reaches_the_executors_through_runtime_env(ray_local, tmp_path
     )
     result = elasticfl.run(config, storage=str(tmp_path / "runs"))
     assert result.metrics["value"] == 2.0  # 8 -> 4 -> 2, computed by code only the runtime_env shipped
+
+
+def test_the_controller_killed_mid_run_restarts_and_finishes_the_same(ray_local, tmp_path):
+    import os
+    import signal
+
+    from elasticfl.runtime import controller_name
+
+    config = noisy_config(rounds=8, sleep_s=0.03)
+    clean = elasticfl.run(config, storage=str(tmp_path / "clean"))
+    handle = elasticfl.submit(config, storage=str(tmp_path / "faulty"))
+    rounds = handle.rounds()
+    for record in rounds:
+        if record["round"] >= 3:
+            break
+    os.kill(_pid_of(ray_local, controller_name(handle.run_id)), signal.SIGKILL)  # its node "died"
+    result = handle.wait()
+    assert result.ok and result.round == 8
+    assert result.weights_sha256 == clean.weights_sha256
+    assert [h["round"] for h in result.history] == list(range(1, 9))
