@@ -39,6 +39,7 @@ class ClassificationTask:
         self._model: nn.Module | None = None
         self._tensors: list[torch.Tensor] = []
         self._opt: torch.optim.Optimizer | None = None
+        self._device = torch.device("cpu")
         self._train_fn: Callable | None = load_object(config.train, "task.train") if config.train else None
         self._eval_fn: Callable | None = load_object(config.evaluate, "task.evaluate") if config.evaluate else None
 
@@ -60,7 +61,9 @@ class ClassificationTask:
 
     def _build(self, input_dim: int, num_classes: int) -> nn.Module:
         """One model and one optimizer per executor, reused for every client it serves."""
-        self._model = self._factory()(input_dim, num_classes, list(self.config.hidden))
+        # The GPU Ray assigned this executor (executors.num_gpus), else the CPU.
+        self._device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self._model = self._factory()(input_dim, num_classes, list(self.config.hidden)).to(self._device)
         self._tensors = list(self._model.state_dict().values())  # model order, shared storage
         cfg = self.config
         self._opt = torch.optim.SGD(self._model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -71,10 +74,16 @@ class ClassificationTask:
             self._build(data.x.shape[1], data.num_classes)
         if len(self._tensors) != len(weights):
             raise TaskError(f"the model has {len(self._tensors)} tensors but the weights have {len(weights)} arrays")
-        for tensor, array in zip(self._tensors, weights):
-            # copy into the existing CPU tensors through their numpy views: one copy, and the
-            # read-only arrays that come zero-copy from Ray's object store are never aliased
-            np.copyto(tensor.detach().numpy(), np.asarray(array).reshape(tensor.shape))
+        on_cpu = self._device.type == "cpu"
+        with torch.no_grad():
+            for tensor, array in zip(self._tensors, weights):
+                array = np.asarray(array).reshape(tensor.shape)
+                if on_cpu:
+                    # through the tensor's numpy view: one copy, and the read-only arrays that
+                    # come zero-copy from Ray's object store are never aliased
+                    np.copyto(tensor.numpy(), array)
+                else:
+                    tensor.copy_(torch.from_numpy(np.array(array)))
         return self._model
 
     def warm_up(self, data: ClientData) -> None:
@@ -84,7 +93,8 @@ class ClassificationTask:
             return
         model = self._model or self._build(data.x.shape[1], data.num_classes)
         rows = slice(0, min(len(data), 2))
-        loss = nn.functional.cross_entropy(model(torch.from_numpy(data.x[rows])), torch.from_numpy(data.y[rows]))
+        x, y = torch.from_numpy(data.x[rows]).to(self._device), torch.from_numpy(data.y[rows]).to(self._device)
+        loss = nn.functional.cross_entropy(model(x), y)
         loss.backward()
         self._opt.step()  # the weights it changes are overwritten by the next _load
         self._opt.zero_grad(set_to_none=True)
@@ -100,18 +110,18 @@ class ClassificationTask:
             metrics = self._train_fn(model, data, ctx, self.config) or {}
         else:
             metrics = self._sgd(model, data, ctx)
-        return TrainResult([t.detach().numpy().copy() for t in self._tensors], n, metrics)
+        return TrainResult([t.detach().cpu().numpy().copy() for t in self._tensors], n, metrics)
 
     def _sgd(self, model: nn.Module, data: ClientData, ctx: TrainContext) -> dict[str, float]:
         cfg = self.config
-        x, y = torch.from_numpy(data.x), torch.from_numpy(data.y)
+        x, y = torch.from_numpy(data.x).to(self._device), torch.from_numpy(data.y).to(self._device)
         opt = self._opt
         opt.state.clear()  # momentum buffers belong to one client's training, never the next's
         if not model.training:
             model.train()
         total, batches = 0.0, 0
         for _ in range(cfg.epochs):
-            order = torch.from_numpy(ctx.rng.permutation(len(data)))
+            order = torch.from_numpy(ctx.rng.permutation(len(data))).to(self._device)
             for start in range(0, len(data), cfg.batch_size):
                 idx = order[start : start + cfg.batch_size]
                 opt.zero_grad(set_to_none=True)
@@ -129,7 +139,7 @@ class ClassificationTask:
             return dict(self._eval_fn(model, data, self.config))
         model.eval()
         with torch.no_grad():
-            logits = model(torch.from_numpy(data.x))
-            loss = nn.functional.cross_entropy(logits, torch.from_numpy(data.y))
-            acc = (logits.argmax(1).numpy() == data.y).mean()
+            logits = model(torch.from_numpy(data.x).to(self._device))
+            loss = nn.functional.cross_entropy(logits, torch.from_numpy(data.y).to(self._device))
+            acc = (logits.argmax(1).cpu().numpy() == data.y).mean()
         return {"loss": float(loss), "accuracy": float(acc)}
