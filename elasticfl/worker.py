@@ -137,7 +137,7 @@ class InProcessPool:
         return self.worker.evaluate(weights)
 
     def describe(self) -> dict[str, Any]:
-        return {"executors": 1, "kind": "in-process"}
+        return {"executors": 1, "ready": 1, "starting": 0, "replaced": 0, "nodes": ["local"]}
 
     def shutdown(self) -> None:
         pass

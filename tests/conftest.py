@@ -8,13 +8,20 @@ from elasticfl import RunConfig
 
 
 @pytest.fixture(scope="session")
-def ray_local():
-    """One local Ray for every in-process integration test (ray.init costs ~5 s here)."""
+def _ray_session():
     ray = pytest.importorskip("ray")
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, namespace="elasticfl", include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture
+def ray_local(_ray_session):
+    """One local Ray shared by the in-process integration tests (ray.init costs ~5 s here);
+    started again if a multi-node test module shut it down."""
+    ray = _ray_session
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, namespace="elasticfl", include_dashboard=False, log_to_driver=False)
+    return ray
 
 
 def noisy_config(rounds: int = 4, clients: int = 12, per_round: int = 6, unit_size: int = 2, **params) -> RunConfig:

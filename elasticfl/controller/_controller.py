@@ -166,6 +166,7 @@ class Controller:
             "clients_failed": len(clients) - ok,
             "unit_retries": sum(u.attempts - 1 for u in results),
             "bytes_broadcast": weights_nbytes(self.weights),
+            "executors": self.pool.describe(),  # how many, where, how many replaced so far
             "clients": [c.to_dict() for c in clients],
         }
         with self._lock:
