@@ -162,11 +162,21 @@ def submit(
         "lifetime": "detached",  # outlives the driver: a run keeps going when the laptop closes
         "max_restarts": -1,  # restarted on another node, it resumes from the latest checkpoint
         "max_task_retries": 0,
+        # On the head: the one node whose loss loses the cluster anyway (spot and batch
+        # nodes come and go). Soft, so a cluster whose head cannot take it still runs.
+        "scheduling_strategy": _on_head_node(),
     }
     if config.cluster.runtime_env:  # user code travels with the run, not through a shared filesystem
         options["runtime_env"] = ship_runtime_env(config.cluster.runtime_env)
     actor = ControllerActor.options(**options).remote(config.to_dict(), run_id, resume)
     return RunHandle(run_id, actor, config)
+
+
+def _on_head_node() -> Any:
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    head = next((n["NodeID"] for n in ray.nodes() if n["Alive"] and "node:__internal_head__" in n["Resources"]), None)
+    return NodeAffinitySchedulingStrategy(head, soft=True) if head else "DEFAULT"
 
 
 def _clear_finished_controller(run_id: str, namespace: str) -> None:
