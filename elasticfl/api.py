@@ -39,6 +39,7 @@ class RunResult:
     checkpoint: str | None
     error: str | None = None
     error_type: str | None = None
+    resumed_from: int | None = None  # the checkpoint round this run (or its restarted controller) went on from
     history: list[dict[str, Any]] = field(default_factory=list, repr=False)
 
     @property
@@ -130,6 +131,7 @@ class RunHandle:
             checkpoint=status["checkpoint"],
             error=status["error"],
             error_type=status.get("error_type"),
+            resumed_from=status.get("resumed_from"),
             history=self.history,
         )
 

@@ -35,6 +35,8 @@ log = logging.getLogger("elasticfl.pool")
 
 # Calls queued per executor: the next unit is already there when one finishes.
 _PREFETCH = 2
+# Once one executor is placed, how long a run's start waits for the others.
+_START_GRACE_S = 10.0
 # Errors that mean "the executor (or its node) is gone", not "the user's code raised".
 _EXECUTOR_LOST = (RayActorError, ActorDiedError, ActorUnavailableError)
 
@@ -126,9 +128,11 @@ class RayExecutorPool:
         node (the autoscaler's, or one a batch job joins) and take work once placed.
         """
         deadline = time.monotonic() + self._placement_timeout_s
-        self._check_starting(timeout=self._placement_timeout_s, all_of_them=all_of_them)
         while not self._nodes and self._starting and time.monotonic() < deadline:
             self._check_starting(timeout=max(0.0, deadline - time.monotonic()))
+        if all_of_them and self._nodes and self._starting:
+            # Some are working already: give the rest a short grace, not the whole timeout.
+            self._check_starting(timeout=min(_START_GRACE_S, max(0.0, deadline - time.monotonic())), all_of_them=True)
         if not self._nodes:
             raise ClusterError(
                 f"{len(self._starting)} of {len(self._executors)} executors were not placed within "
