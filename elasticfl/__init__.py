@@ -20,7 +20,6 @@ from .errors import (
     RunNotFoundError,
     StorageError,
     TaskError,
-    UpdateRejected,
 )
 from .weights import weights_sha256
 
@@ -40,7 +39,6 @@ __all__ = [
     "RunFailedError",
     "ClusterError",
     "TaskError",
-    "UpdateRejected",
     *_API,
 ]
 

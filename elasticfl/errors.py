@@ -16,7 +16,6 @@ __all__ = [
     "RunFailedError",
     "ClusterError",
     "TaskError",
-    "UpdateRejected",
 ]
 
 
@@ -54,7 +53,3 @@ class ClusterError(ElasticFLError):
 
 class TaskError(ElasticFLError):
     """User task code (model factory, train, evaluate) could not be loaded or failed."""
-
-
-class UpdateRejected(ElasticFLError):
-    """A client's update failed validation (non-finite values, wrong shapes or dtypes)."""

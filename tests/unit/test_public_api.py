@@ -9,7 +9,7 @@ def test_exported_names_are_pinned():
         [
             "RunConfig", "weights_sha256", "ElasticFLError", "ConfigError", "CheckpointError",
             "CheckpointNotFoundError", "StorageError", "RunNotFoundError", "RunFailedError",
-            "ClusterError", "TaskError", "UpdateRejected", "run", "submit", "attach", "status",
+            "ClusterError", "TaskError", "run", "submit", "attach", "status",
             "stop", "checkpoints", "RunHandle", "RunResult",
         ]
     )
