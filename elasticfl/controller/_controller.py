@@ -7,6 +7,7 @@ executor actors; a unit test hands it an in-process pool and steps it.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -63,7 +64,7 @@ class Controller:
         self.started_at = clock()
         self._stop = threading.Event()
         self._lock = threading.RLock()
-        self._saver = ThreadPoolExecutor(1, thread_name_prefix="elasticfl-checkpoint")
+        self._saver = ThreadPoolExecutor(1, thread_name_prefix="elasticfl-checkpoint", initializer=_background_priority)
         self._pending_save: Future | None = None
 
     # -- life cycle ------------------------------------------------------------------
@@ -283,6 +284,14 @@ class Controller:
 
     def _write_status(self) -> None:
         self.store.write_json(STATUS_FILE, self.status())
+
+
+def _background_priority() -> None:
+    """Checkpoint writing yields the CPU to the round in flight (Linux: per-thread nice)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    except (AttributeError, OSError):  # not Linux, or not allowed: run at normal priority
+        pass
 
 
 def _flatten_state(weights: Weights, strategy_state: dict[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
