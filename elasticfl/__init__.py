@@ -10,17 +10,8 @@ from importlib import import_module
 from typing import Any
 
 from .config import RunConfig
-from .errors import (
-    CheckpointError,
-    CheckpointNotFoundError,
-    ClusterError,
-    ConfigError,
-    ElasticFLError,
-    RunFailedError,
-    RunNotFoundError,
-    StorageError,
-    TaskError,
-)
+from . import errors as _errors
+from .errors import *  # noqa: F403 - the whole error tree is public
 from .weights import weights_sha256
 
 __version__ = "0.1.0"
@@ -30,15 +21,7 @@ _API = ("run", "submit", "attach", "status", "stop", "checkpoints", "RunHandle",
 __all__ = [
     "RunConfig",
     "weights_sha256",
-    "ElasticFLError",
-    "ConfigError",
-    "CheckpointError",
-    "CheckpointNotFoundError",
-    "StorageError",
-    "RunNotFoundError",
-    "RunFailedError",
-    "ClusterError",
-    "TaskError",
+    *_errors.__all__,
     *_API,
 ]
 
