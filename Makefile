@@ -24,8 +24,11 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/elasticfl run examples/digits.yaml
 
+# tests/isolated starts Ray clusters of its own (see its docstrings): a pytest process of its
+# own, after the main suite, which pyproject's addopts keeps out of the first run.
 test: $(STAMP)
 	$(PY) -m pytest -q
+	$(PY) -m pytest -q tests/isolated -p no:cacheprovider
 
 bench: $(STAMP)
 	$(PY) benchmarks/run.py --workload W1 --peer flower

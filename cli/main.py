@@ -1,7 +1,8 @@
 """The `elasticfl` command: every command parses, builds a config, and calls the library.
 
 Exit codes: 0 completed (or stopped on request), 1 the run failed, 2 a usage or
-config error, 3 the run was not found, 4 the cluster or storage could not be reached.
+config error, 3 the run was not found, 4 the cluster or storage could not be reached,
+130 `watch` left on Ctrl-C (the run goes on).
 """
 
 from __future__ import annotations
@@ -12,12 +13,17 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
+import ray
 import typer
+from ray.exceptions import ActorUnavailableError, RayActorError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 import elasticfl
+from elasticfl.checkpoint import CheckpointStore
+from elasticfl.config import DEFAULT_STORAGE, Environment
+from elasticfl.controller import STATUS_FILE, RunState
 from elasticfl.errors import (
     CheckpointError,
     ClusterError,
@@ -39,6 +45,7 @@ out = Console()
 err = Console(stderr=True)
 
 EXIT_FAILED, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_UNREACHABLE = 1, 2, 3, 4
+EXIT_INTERRUPTED = 130  # Ctrl-C in `watch`: the run goes on, its outcome is not known yet
 
 ConfigArg = typer.Argument(..., help="Path of a YAML run config, e.g. examples/digits.yaml.")
 StorageOpt = typer.Option(None, "--storage", help="Checkpoint storage (folder, file://, s3://, gs://).")
@@ -104,67 +111,127 @@ def run(
         handle = elasticfl.submit(cfg, run_id=run_id, resume=resume, address=address, storage=storage, quiet=True)
         if not as_json:
             out.print(f"run [bold]{handle.run_id}[/] started ({cfg.run.rounds} rounds)", highlight=False)
-        result = _follow(handle, cfg.run.rounds, as_json)
+        result = _follow(handle, as_json)
     except ElasticFLError as exc:
         _fail(exc)
-    final = {
-        "run_id": result.run_id,
-        "state": result.state,
-        "round": result.round,
-        "rounds": result.rounds,
-        "metrics": result.metrics,
-        "checkpoint": result.checkpoint,
-        "weights_sha256": result.weights_sha256,
-        "error": result.error,
-        "error_type": result.error_type,
-    }
-    if as_json:
-        _emit(final)
-    else:
-        _summary(final)
-    if result.state == "failed":
-        # errors the user can fix (config, their code, the cluster) keep their own exit codes
-        kinds = {"ConfigError": EXIT_USAGE, "TaskError": EXIT_USAGE, "ClusterError": EXIT_UNREACHABLE, "StorageError": EXIT_UNREACHABLE}
-        raise typer.Exit(kinds.get(result.error_type or "", EXIT_FAILED))
+    _finish(_final(result), as_json)
 
 
-def _follow(handle: Any, rounds: int, as_json: bool) -> Any:
-    def on_round_json(record: dict[str, Any]) -> None:
-        _emit(_round_line(record))
+@app.command()
+def watch(
+    run_id: str = typer.Argument(..., help="The run id printed by `elasticfl run` (or RunHandle.run_id)."),
+    address: Optional[str] = typer.Option(
+        None, "--address", help="The Ray cluster the run is on ('auto', host:port); none: RAY_ADDRESS, else storage only."
+    ),
+    storage: Optional[str] = StorageOpt,
+    namespace: str = NamespaceOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Follow a run by id until it ends, as `run` shows it; exit with the run's exit code.
 
-    if as_json:
-        return _wait_interruptibly(handle, on_round_json)
-    columns = (
-        TextColumn("round"),
-        MofNCompleteColumn(),
-        BarColumn(),
-        TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=out, transient=False) as progress:
-        bar = progress.add_task("rounds", total=rounds, info="starting executors...")
-        status = handle.status()
-        progress.update(bar, completed=status["round"])
-
-        def on_round(record: dict[str, Any]) -> None:
-            line = _round_line(record)
-            info = f"clients {line['clients_ok']} ok / {line['clients_failed']} failed"
-            if "accuracy" in line:
-                info = f"loss {line['loss']:.4f}  acc {line['accuracy']:.4f}  " + info
-            progress.update(bar, completed=record["round"], info=info)
-
-        return _wait_interruptibly(handle, on_round)
-
-
-def _wait_interruptibly(handle: Any, on_round: Any) -> Any:
+    Shows the rounds done so far, then each round as it completes. Ctrl-C stops
+    watching only: the run goes on (stop it with `elasticfl stop RUN_ID`). A run
+    whose controller is gone is shown from its storage (--storage).
+    """
     try:
-        return handle.wait(on_round)
-    except KeyboardInterrupt:
-        err.print("stopping after the round in flight (Ctrl-C again to leave at once)...")
-        handle.stop()
-        return handle.wait(on_round)
+        handle, looked = _live_controller(run_id, address, namespace)
+        if handle is None:
+            _from_storage(run_id, storage, looked, as_json)
+            return
+        if not as_json:
+            out.print(
+                f"watching run [bold]{run_id}[/] (Ctrl-C stops watching; the run goes on)", highlight=False
+            )
+        try:
+            result = _follow(handle, as_json, watching=True)
+        except RunNotFoundError:  # its controller exited while we watched: storage has the outcome
+            seen = handle.history[-1]["round"] if handle.history else 0
+            _from_storage(run_id, storage, looked, as_json, after_round=seen)
+            return
+    except ElasticFLError as exc:
+        _fail(exc)
+    _finish(_final(result), as_json)
+
+
+# -- following a run: shared by `run` and `watch` ----------------------------------------------
+
+FINAL_KEYS = ("run_id", "state", "round", "rounds", "metrics", "checkpoint", "weights_sha256", "error", "error_type")
+
+
+def _follow(handle: Any, as_json: bool, *, watching: bool = False) -> Any:
+    """Show a run's rounds as they complete, until it finishes; return its RunResult.
+
+    `run` follows the run it started: Ctrl-C stops the run. `watch` re-attached by
+    run id: it also shows the rounds done before it attached (those of a resumed
+    run included), Ctrl-C leaves the run alone, and the finished controller is left
+    for the run's own driver to collect.
+    """
+    shown = 0  # how many of handle.history are on screen
+
+    def on_round(record: dict[str, Any]) -> None:
+        nonlocal shown
+        records = handle.history[shown:] if watching else [record]
+        shown = len(handle.history)
+        for rec in records:
+            view.show(rec)
+
+    def follow() -> Any:
+        try:
+            result = handle.wait(on_round, release=not watching)
+        except KeyboardInterrupt:
+            if watching:
+                _stop_watching(handle.run_id)
+            err.print("stopping after the round in flight (Ctrl-C again to leave at once)...")
+            handle.stop()
+            result = handle.wait(on_round)
+        for rec in result.history[shown:] if watching else ():  # a resumed run's rounds, if none came after
+            view.show(rec)
+        return result
+
+    if as_json:
+        view = _RoundView(as_json=True)
+        return follow()
+    status = handle.status()
+    with Progress(*_PROGRESS_COLUMNS, console=out, transient=False) as progress:
+        view = _RoundView(as_json=False, rounds=status["rounds"], done=status["round"], progress=progress)
+        return follow()
+
+
+def _stop_watching(run_id: str) -> None:
+    err.print(f"stopped watching; run {run_id} goes on. Stop it with: elasticfl stop {run_id}", highlight=False)
+    raise typer.Exit(EXIT_INTERRUPTED)
+
+
+_PROGRESS_COLUMNS = (
+    TextColumn("round"),
+    MofNCompleteColumn(),
+    BarColumn(),
+    TextColumn("{task.fields[info]}"),
+    TimeElapsedColumn(),
+    TextColumn("ETA"),
+    TimeRemainingColumn(),
+)
+
+
+class _RoundView:
+    """One JSON line per round, or one text line per round above a progress bar with an ETA."""
+
+    def __init__(self, as_json: bool, rounds: int = 0, done: int = 0, progress: Optional[Progress] = None) -> None:
+        self.as_json, self.rounds, self.done, self.progress = as_json, rounds, done, progress
+        if progress is not None:
+            info = "starting executors..." if done == 0 else ""
+            self.bar = progress.add_task("rounds", total=rounds, completed=done, info=info)
+
+    def show(self, record: dict[str, Any]) -> None:
+        if self.as_json:
+            _emit(_round_line(record))
+            return
+        console = self.progress.console if self.progress is not None else out
+        console.print(_round_text(record, self.rounds), highlight=False, soft_wrap=True)
+        if self.progress is not None and record["round"] > self.done:
+            # rounds done before the bar appeared do not count towards its speed (the ETA)
+            self.done = record["round"]
+            self.progress.update(self.bar, completed=self.done, info="")
 
 
 def _round_line(record: dict[str, Any]) -> dict[str, Any]:
@@ -175,6 +242,36 @@ def _round_line(record: dict[str, Any]) -> dict[str, Any]:
         "clients_failed": record["clients_failed"],
         "duration_s": record["duration_s"],
     }
+
+
+def _round_text(record: dict[str, Any], rounds: int) -> str:
+    metrics = record["metrics"]
+    parts = [f"round {record['round']}/{rounds}" if rounds else f"round {record['round']}"]
+    shown = [k for k in ("loss", "accuracy") if k in metrics] or [k for k in ("train_loss",) if k in metrics]
+    parts += [f"{'acc' if k == 'accuracy' else k} {metrics[k]:.4f}" for k in shown]
+    parts.append(f"clients {record['clients_ok']} ok / {record['clients_failed']} failed")
+    parts.append(f"retries {record.get('unit_retries', 0)}")
+    parts.append(f"{record['duration_s']:.2f}s")
+    return "  ".join(parts)
+
+
+def _final(source: Any) -> dict[str, Any]:
+    """The final result line: from a RunResult, or from a status dict (live or stored)."""
+    if isinstance(source, dict):
+        return {key: source.get(key) for key in FINAL_KEYS}
+    return {key: getattr(source, key) for key in FINAL_KEYS}
+
+
+def _finish(final: dict[str, Any], as_json: bool) -> None:
+    """Print a finished run's outcome and end with its exit code (shared by `run` and `watch`)."""
+    if as_json:
+        _emit(final)
+    else:
+        _summary(final)
+    if final["state"] == "failed":
+        # errors the user can fix (config, their code, the cluster) keep their own exit codes
+        kinds = {"ConfigError": EXIT_USAGE, "TaskError": EXIT_USAGE, "ClusterError": EXIT_UNREACHABLE, "StorageError": EXIT_UNREACHABLE}
+        raise typer.Exit(kinds.get(final["error_type"] or "", EXIT_FAILED))
 
 
 def _summary(final: dict[str, Any]) -> None:
@@ -188,6 +285,74 @@ def _summary(final: dict[str, Any]) -> None:
     out.print(f"  run id: {final['run_id']}", highlight=False)
     if final["error"]:
         out.print(f"  error: {final['error']}", highlight=False, soft_wrap=True)
+
+
+# -- `watch`: finding the run ------------------------------------------------------------------
+
+def _live_controller(run_id: str, address: Optional[str], namespace: str) -> tuple[Any, str]:
+    """(a handle on the run's live controller, or None; where it was looked for, for messages).
+
+    Like `status`, the cluster is only asked when there is one to ask: --address,
+    RAY_ADDRESS, or a Ray this process is connected to already. Without one, starting
+    an embedded Ray could not find the run anyway.
+    """
+    address = address or Environment.read().ray_address
+    if address is None and not ray.is_initialized():
+        return None, "no Ray cluster was asked (pass --address or set RAY_ADDRESS)"
+    cluster = f"the Ray cluster at {address}" if address else "the Ray cluster this process is connected to"
+    looked = f"no controller in namespace {namespace!r} on {cluster}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            handle = elasticfl.attach(run_id, address=address, namespace=namespace)
+            handle.status()
+            return handle, looked
+        except RunNotFoundError:
+            return None, looked
+        except (RayActorError, ActorUnavailableError):  # exiting for good, or being restarted
+            if time.monotonic() > deadline:
+                return None, f"its controller on {cluster} did not answer for 30s"
+            time.sleep(0.5)
+
+
+def _from_storage(run_id: str, storage: Optional[str], looked: str, as_json: bool, after_round: int = 0) -> None:
+    """A run with no live controller: its rounds and last state, as its controller left them."""
+    env = Environment.read()
+    store = CheckpointStore(storage or env.storage or DEFAULT_STORAGE, run_id, endpoint_url=env.s3_endpoint_url)
+    saved = store.read_json(STATUS_FILE)
+    if saved is None:
+        raise RunNotFoundError(
+            f"run {run_id!r} not found: {looked}, and there is no {STATUS_FILE} under {store.run_uri}; "
+            "check the run id, --address (or RAY_ADDRESS) and --storage (or ELASTICFL_STORAGE)"
+        )
+    finished = RunState(saved["state"]).finished
+    if finished and not as_json:
+        out.print(f"run {run_id} is over; from its storage ({store.run_uri}):", highlight=False, soft_wrap=True)
+    view = _RoundView(as_json, rounds=saved.get("rounds") or 0)
+    for record in store.read_round_records(saved.get("round") or 0):
+        if record["round"] > after_round:
+            view.show(record)
+    if not finished:
+        if as_json:
+            _emit(_final(saved))
+        age = time.time() - float(saved.get("updated_at") or time.time())
+        err.print(
+            f"run {run_id} has no live controller ({looked}). Its status in {store.run_uri} says "
+            f"{saved['state']!r} at round {saved.get('round')}/{saved.get('rounds')}, last updated {_ago(age)}. "
+            f"If its controller is gone, continue it with: elasticfl run CONFIG --run-id {run_id} --resume",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(EXIT_NOT_FOUND)
+    _finish(_final(saved), as_json)
+
+
+def _ago(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f}s ago"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min ago"
+    return f"{seconds / 3600:.1f} h ago"
 
 
 @app.command()

@@ -26,6 +26,7 @@ from .runtime import ControllerActor, connect, controller_name, ship_runtime_env
 __all__ = ["run", "submit", "attach", "status", "stop", "checkpoints", "RunHandle", "RunResult", "new_run_id"]
 
 _POLL_S = 0.1
+HEAD_NODE_RESOURCE = "node:__internal_head__"  # every Ray head node has it, one unit
 
 
 @dataclass
@@ -115,12 +116,15 @@ class RunHandle:
                     ) from None
                 time.sleep(0.5)
 
-    def wait(self, on_round: Callable[[dict[str, Any]], None] | None = None) -> RunResult:
+    def wait(self, on_round: Callable[[dict[str, Any]], None] | None = None, *, release: bool = True) -> RunResult:
+        """Follow the run to its end. ``release=False`` leaves the finished controller for
+        another follower (its own driver) to read and release, as ``elasticfl watch`` does."""
         for record in self.rounds():
             if on_round is not None:
                 on_round(record)
         status = self._last_status or self.status()
-        self._actor.release.remote()
+        if release:
+            self._actor.release.remote()
         return RunResult(
             run_id=self.run_id,
             state=status["state"],
@@ -165,20 +169,14 @@ def submit(
         "max_restarts": -1,  # restarted on another node, it resumes from the latest checkpoint
         "max_task_retries": 0,
         # On the head: the one node whose loss loses the cluster anyway (spot and batch
-        # nodes come and go). Soft, so a cluster whose head cannot take it still runs.
-        "scheduling_strategy": _on_head_node(),
+        # nodes come and go). By the head's own resource rather than its node id: a soft
+        # node affinity was seen to spill to a worker node, and a restarted head has a new id.
+        "resources": {HEAD_NODE_RESOURCE: 0.001},
     }
     if config.cluster.runtime_env:  # user code travels with the run, not through a shared filesystem
         options["runtime_env"] = ship_runtime_env(config.cluster.runtime_env)
     actor = ControllerActor.options(**options).remote(config.to_dict(), run_id, resume)
     return RunHandle(run_id, actor, config)
-
-
-def _on_head_node() -> Any:
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    head = next((n["NodeID"] for n in ray.nodes() if n["Alive"] and "node:__internal_head__" in n["Resources"]), None)
-    return NodeAffinitySchedulingStrategy(head, soft=True) if head else "DEFAULT"
 
 
 def _clear_finished_controller(run_id: str, namespace: str) -> None:

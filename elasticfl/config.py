@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import math
 import os
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
@@ -27,7 +28,11 @@ __all__ = [
     "DataConfig",
     "PartitionConfig",
     "CohortConfig",
+    "ExecutorShape",
     "ExecutorConfig",
+    "PoolConfig",
+    "ClientRule",
+    "DEFAULT_POOL",
     "FedAvgConfig",
     "FedAvgMConfig",
     "StrategyConfig",
@@ -140,6 +145,8 @@ class CohortConfig(_Section):
     clients_per_round: int | None = Field(None, ge=1)
     fraction: float | None = Field(None, gt=0, le=1)
     min_clients: int | None = Field(None, ge=1)  # fewer successful updates than this fails the round
+    over_select: float = Field(0.0, ge=0, le=1)  # select this fraction more; the round closes at the target
+    deadline_s: float | None = Field(None, gt=0)  # close the round then, if min_clients have reported
 
     @model_validator(mode="after")
     def _one_of(self) -> "CohortConfig":
@@ -148,24 +155,26 @@ class CohortConfig(_Section):
         return self
 
     def size(self, num_clients: int) -> int:
+        """The target: how many updates a round wants."""
         if self.clients_per_round is not None:
             return self.clients_per_round
         if self.fraction is not None:
             return max(1, math.ceil(self.fraction * num_clients))
         return num_clients
 
+    def selected(self, num_clients: int) -> int:
+        """How many clients a round selects: the target plus over-selection, at most everyone."""
+        return min(num_clients, math.ceil(self.size(num_clients) * (1 + self.over_select)))
 
-class ExecutorConfig(_Section):
-    """Executor actors and the resources each asks Ray for."""
 
-    count: int | None = Field(None, ge=1)  # default: as many as the cluster's resources fit
+class ExecutorShape(_Section):
+    """What one executor actor asks Ray for."""
+
     num_cpus: float = Field(1.0, ge=0)
     num_gpus: float = Field(0.0, ge=0)
     accelerator_type: str | None = None  # e.g. "A100", "H100", "TPU-V4"
-    resources: dict[str, float] = Field(default_factory=dict)  # custom resources, e.g. {site_a: 1}
-    unit_size: int | None = Field(None, ge=1)  # clients per work unit; default ~25 (see selection.py)
-    max_unit_retries: int = Field(3, ge=0)  # re-runs of one work unit whose executor died
-    placement_timeout_s: float = Field(120.0, gt=0)  # executors not placed by then: a clear error, not a hang
+    resources: dict[str, float] = Field(default_factory=dict)  # custom resources, e.g. {site_a: 1} or {TPU: 4}
+    labels: dict[str, str] = Field(default_factory=dict)  # node labels the executor must run on (Ray label selector)
 
     @field_validator("num_gpus")
     @classmethod
@@ -173,6 +182,75 @@ class ExecutorConfig(_Section):
         if v > 1 and not float(v).is_integer():
             raise ValueError("num_gpus above 1 must be a whole number (Ray only splits a single GPU)")
         return v
+
+    def shape(self) -> "ExecutorShape":
+        return ExecutorShape(**{name: getattr(self, name) for name in ExecutorShape.model_fields})
+
+
+class ExecutorConfig(ExecutorShape):
+    """Executor actors: their shape when no `pools` are given, and run-wide work and failure knobs."""
+
+    count: int | None = Field(None, ge=1)  # default: as many as the cluster's resources fit (without pools)
+    unit_size: int | None = Field(None, ge=1)  # clients per work unit; default ~25 (see selection.py)
+    max_unit_retries: int = Field(3, ge=0)  # re-runs of a work unit whose executor failed (not preempted)
+    max_preemptions: int = Field(20, ge=0)  # re-runs of a work unit whose node was preempted or drained
+    placement_timeout_s: float = Field(120.0, gt=0)  # executors not placed by then: a clear error, not a hang
+
+
+class PoolConfig(ExecutorShape):
+    """A named group of nodes (a site, a node type) and the executors placed on it."""
+
+    min: int = Field(0, ge=0)  # executors the pool keeps asking the autoscaler for, even when idle
+    max: int | None = Field(None, ge=1)  # at most this many executors; default: as many as fit and have work
+    spot: bool = False  # nodes may be preempted: their losses count as preemptions, not failures
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "PoolConfig":
+        if self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min}) exceeds max ({self.max}); lower min or raise max")
+        return self
+
+
+class ClientRule(_Section):
+    """Where some clients may run: one pool, or pools in order of preference."""
+
+    ids: str  # "0-49", "7", "0-9,20-29"
+    pool: str | list[str]
+
+    @field_validator("ids")
+    @classmethod
+    def _ids(cls, v: str) -> str:
+        parse_id_ranges(v)
+        return v
+
+    @field_validator("pool")
+    @classmethod
+    def _pool(cls, v: str | list[str]) -> str | list[str]:
+        if isinstance(v, list) and (not v or len(set(v)) != len(v)):
+            raise ValueError("pool must be a pool name or a non-empty list of distinct pool names")
+        return v
+
+    def pools(self) -> tuple[str, ...]:
+        return (self.pool,) if isinstance(self.pool, str) else tuple(self.pool)
+
+
+def parse_id_ranges(text: str) -> list[int]:
+    """'0-3,7' -> [0, 1, 2, 3, 7]; raises ValueError naming the bad part."""
+    ids: list[int] = []
+    for part in str(text).split(","):
+        part = part.strip()
+        lo, dash, hi = part.partition("-")
+        try:
+            start, end = int(lo), int(hi) if dash else int(lo)
+        except ValueError:
+            raise ValueError(f"ids must look like '0-49' or '0-9,20-29', got {text!r}") from None
+        if start < 0 or end < start:
+            raise ValueError(f"ids range {part!r} is empty or negative; write it low-high")
+        ids.extend(range(start, end + 1))
+    return ids
+
+
+DEFAULT_POOL = "default"
 
 
 class _WeightedMeanConfig(_Section):
@@ -224,6 +302,8 @@ class RunConfig(_Section):
     data: DataConfig = Field(default_factory=DataConfig)
     cohort: CohortConfig = Field(default_factory=CohortConfig)
     executors: ExecutorConfig = Field(default_factory=ExecutorConfig)
+    pools: dict[str, PoolConfig] = Field(default_factory=dict)  # named node pools; none: one pool from executors
+    clients: list[ClientRule] = Field(default_factory=list)  # which pools clients may run in (default: any)
     strategy: StrategyConfig = Field(default_factory=FedAvgConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
@@ -241,9 +321,48 @@ class RunConfig(_Section):
             raise ValueError(
                 f"cohort.min_clients ({self.cohort.min_clients}) exceeds the cohort size ({size}); lower it"
             )
+        self._check_pools()
         if self.data.dataset == "none" and isinstance(self.task, ClassificationTaskConfig):
             raise ValueError("data.dataset 'none' needs a task of type 'custom' that brings its own data")
         return self
+
+    def _check_pools(self) -> None:
+        names = set(self.pools)
+        for name in names:
+            if not name.replace("_", "a").replace("-", "a").isalnum():
+                raise ValueError(f"pools: name {name!r} may only hold letters, digits, '-' and '_'")
+        if self.clients and not self.pools:
+            raise ValueError("clients: rules name pools, but no `pools` section defines any; add one")
+        seen: dict[int, int] = {}
+        for i, rule in enumerate(self.clients):
+            unknown = [p for p in rule.pools() if p not in names]
+            if unknown:
+                raise ValueError(f"clients.{i}.pool: unknown pool {unknown[0]!r}; defined pools: {sorted(names)}")
+            for cid in parse_id_ranges(rule.ids):
+                if cid >= self.data.num_clients:
+                    raise ValueError(
+                        f"clients.{i}.ids: client {cid} does not exist (data.num_clients is {self.data.num_clients})"
+                    )
+                if cid in seen:
+                    raise ValueError(f"clients.{i}.ids: client {cid} is already placed by clients.{seen[cid]}")
+                seen[cid] = i
+        if self.pools and self.executors.count is not None:
+            raise ValueError("executors.count applies without pools; with pools, set pools.<name>.min / max")
+
+    def pool_shapes(self) -> dict[str, "PoolConfig"]:
+        """The pools executors are placed in: the `pools` section, or one pool from `executors`."""
+        if self.pools:
+            return dict(self.pools)
+        count = self.executors.count
+        return {DEFAULT_POOL: PoolConfig(**self.executors.shape().model_dump(), min=count or 0, max=count)}
+
+    def client_pools(self) -> dict[int, tuple[str, ...]]:
+        """Client id -> its pools in order of preference, for clients a rule places."""
+        placed: dict[int, tuple[str, ...]] = {}
+        for rule in self.clients:
+            for cid in parse_id_ranges(rule.ids):
+                placed[cid] = rule.pools()
+        return placed
 
     # -- loading -----------------------------------------------------------------
     @classmethod
@@ -336,15 +455,21 @@ def _is_union_tag(part: Any) -> bool:
 
 
 def _suggest(loc: list[str]) -> str:
-    model: Any = RunConfig
+    annotation: Any = RunConfig
     for part in loc[:-1]:
-        field = getattr(model, "model_fields", {}).get(part)
+        container = typing.get_origin(annotation)
+        if container in (dict, list):  # a pool name or a list index: step into the values
+            annotation = typing.get_args(annotation)[-1]
+            continue
+        model = _model_of(annotation)
+        field = getattr(model, "model_fields", {}).get(part) if model else None
         if field is None:
             return "Remove it."
-        model = _model_of(field.annotation)
-        if model is None:
-            return "Remove it."
+        annotation = field.annotation
+    model = _model_of(annotation)
     fields = sorted(getattr(model, "model_fields", {}))
+    if not fields:
+        return "Remove it."
     close = difflib.get_close_matches(loc[-1], fields, n=1)
     hint = f"Did you mean {close[0]!r}? " if close else ""
     return f"{hint}Valid fields here: {', '.join(fields)}."

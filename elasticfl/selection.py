@@ -9,6 +9,7 @@ a round out of sequence (after a resume), so no generator state needs saving.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Mapping
 
 import numpy as np
 
@@ -52,6 +53,16 @@ class WorkUnit:
 
     unit_id: int
     client_ids: tuple[int, ...]
+    pools: tuple[str, ...] = ()  # where it may run, in order of preference; () means any pool
+    part: int = 0  # 1.. for the one-client pieces of a unit split after repeated failures
+
+    @property
+    def order(self) -> tuple[int, int]:
+        """Units are summed in this order, so the result never depends on who ran what."""
+        return (self.unit_id, self.part)
+
+    def split(self) -> list["WorkUnit"]:
+        return [WorkUnit(self.unit_id, (cid,), self.pools, i + 1) for i, cid in enumerate(self.client_ids)]
 
 
 # Partial sums in flight per round stay under this many bytes (counted at 8 bytes a value).
@@ -75,10 +86,27 @@ def default_unit_size(cohort_size: int, model_params: int = 0) -> int:
     return max(1, -(-cohort_size // units))
 
 
-def make_units(cohort: np.ndarray, unit_size: int | None = None, model_params: int = 0) -> list[WorkUnit]:
+def make_units(
+    cohort: np.ndarray,
+    unit_size: int | None = None,
+    model_params: int = 0,
+    placement: Mapping[int, tuple[str, ...]] | None = None,
+) -> list[WorkUnit]:
+    """Cut a cohort into units; clients with different pool preferences never share one.
+
+    ``placement`` maps a client id to its pools in order of preference (clients it
+    does not name may run anywhere). Units follow client-id order within each
+    placement group, groups in order of their lowest client id.
+    """
     size = unit_size or default_unit_size(len(cohort), model_params)
-    ids = [int(c) for c in cohort]
-    return [WorkUnit(i, tuple(ids[start : start + size])) for i, start in enumerate(range(0, len(ids), size))]
+    groups: dict[tuple[str, ...], list[int]] = {}
+    for cid in (int(c) for c in cohort):
+        groups.setdefault(placement.get(cid, ()) if placement else (), []).append(cid)
+    units: list[WorkUnit] = []
+    for pools, ids in groups.items():
+        for start in range(0, len(ids), size):
+            units.append(WorkUnit(len(units), tuple(ids[start : start + size]), pools))
+    return units
 
 
 def client_seed(run_seed: int, round: int, client_id: int) -> list[int]:

@@ -15,6 +15,7 @@ import numpy as np
 
 from .config import RunConfig
 from .controller._types import ClientReport, UnitResult
+from .policies import RoundClosePolicy, RoundProgress
 from .selection import WorkUnit, client_seed
 from .strategies import WeightedSum, resolve_precision
 from .tasks import ClientData, Task, TrainContext, build_task
@@ -108,7 +109,7 @@ class ClientWorker:
                 continue
             summed.add(result.weights, int(result.num_examples))
             reports.append(self._report(cid, "ok", start, n=int(result.num_examples), metrics=result.metrics))
-        return UnitResult(unit.unit_id, summed, reports)
+        return UnitResult(unit.unit_id, summed, reports, part=unit.part)
 
     def evaluate(self, weights: Weights) -> dict[str, float]:
         self._load_data()
@@ -130,14 +131,29 @@ class InProcessPool:
     def init_weights(self) -> Weights:
         return self.worker.init_weights()
 
-    def train_units(self, round: int, weights: Weights, units: list[WorkUnit]) -> list[UnitResult]:
-        return [self.worker.run_unit(round, weights, u) for u in units]
+    def train_units(
+        self, round: int, weights: Weights, units: list[WorkUnit], close: RoundClosePolicy | None = None
+    ) -> list[UnitResult]:
+        results: list[UnitResult] = []
+        ok = 0
+        for i, unit in enumerate(units):
+            if close is not None:  # over-selection closes a round early here too; deadlines need a clock
+                reason = close.close_reason(RoundProgress(0.0, ok, len(units) - i))
+                if reason is not None:
+                    results.extend(
+                        UnitResult(u.unit_id, WeightedSum(), [ClientReport(c, "late", reason=reason) for c in u.client_ids])
+                        for u in units[i:]
+                    )
+                    break
+            results.append(self.worker.run_unit(round, weights, unit))
+            ok += sum(c.status == "ok" for c in results[-1].clients)
+        return results
 
     def evaluate(self, weights: Weights) -> dict[str, float]:
         return self.worker.evaluate(weights)
 
     def describe(self) -> dict[str, Any]:
-        return {"executors": 1, "ready": 1, "starting": 0, "replaced": 0, "nodes": ["local"]}
+        return {"executors": 1, "ready": 1, "starting": 0, "lost": 0, "preempted": 0, "nodes": ["local"]}
 
     def shutdown(self) -> None:
         pass

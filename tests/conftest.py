@@ -20,7 +20,7 @@ def ray_local(_ray_session):
     started again if a multi-node test module shut it down."""
     ray = _ray_session
     if not ray.is_initialized():
-        ray.init(num_cpus=2, namespace="elasticfl", include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=2, namespace="elasticfl", include_dashboard=False, log_to_driver=False)
     return ray
 
 
@@ -35,3 +35,31 @@ def noisy_config(rounds: int = 4, clients: int = 12, per_round: int = 6, unit_si
             "executors": {"unit_size": unit_size, "count": 2},
         }
     )
+
+
+def lose_machine(cluster, node) -> None:
+    """A node's machine is gone: every process on it dies at once, workers included
+    (Cluster.remove_node alone leaves the raylet's worker processes to notice later)."""
+    import os
+    import signal
+
+    raylets = [p.process.pid for p in node.all_processes["raylet"]]
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                pass
+    doomed, frontier = set(), list(raylets)
+    while frontier:
+        pid = frontier.pop()
+        doomed.add(pid)
+        frontier.extend(child for child, parent in parents.items() if parent == pid and child not in doomed)
+    for pid in doomed - set(raylets):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    cluster.remove_node(node, allow_graceful=False)

@@ -10,6 +10,7 @@ import logging
 import os
 import threading
 import time
+from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable
 
@@ -18,6 +19,7 @@ import numpy as np
 from ..checkpoint import Checkpoint, CheckpointStore
 from ..config import RunConfig
 from ..errors import CheckpointNotFoundError, ConfigError, RunFailedError
+from ..policies import RoundClosePolicy
 from ..selection import UniformSelector, make_units
 from ..strategies import WeightedSum, build_strategy
 from ..weights import Weights, weights_nbytes, weights_sha256
@@ -51,7 +53,11 @@ class Controller:
         self.clock = clock
         self.strategy = build_strategy(config.strategy)
         n = config.data.num_clients
-        self.selector = UniformSelector(n, config.cohort.size(n), config.run.seed)
+        cohort = config.cohort
+        self.selector = UniformSelector(n, cohort.selected(n), config.run.seed)
+        self.quorum = cohort.min_clients or 1
+        self.close_policy = RoundClosePolicy(cohort.size(n), self.quorum, cohort.deadline_s, cohort.over_select > 0)
+        self.placement = config.client_pools()
         self.state = RunState.PENDING
         self.round = 0  # the last completed round
         self.weights: Weights | None = None
@@ -121,8 +127,8 @@ class Controller:
         r = self.round + 1
         started = self.clock()
         cohort = self.selector.cohort(r)
-        units = make_units(cohort, self.config.executors.unit_size, sum(w.size for w in self.weights))
-        results = sorted(self.pool.train_units(r, self.weights, units), key=lambda u: u.unit_id)
+        units = make_units(cohort, self.config.executors.unit_size, sum(w.size for w in self.weights), self.placement)
+        results = sorted(self.pool.train_units(r, self.weights, units, self.close_policy), key=lambda u: u.order)
         trained = self.clock()
 
         summed = WeightedSum()
@@ -132,13 +138,13 @@ class Controller:
             clients.extend(unit.clients)
             unit.summed = None  # release the unit's partial sum (object store memory) now
         clients.sort(key=lambda c: c.client_id)
-        ok = sum(c.status == "ok" for c in clients)
-        quorum = self.config.cohort.min_clients or 1
-        if ok < quorum:
+        statuses = Counter(c.status for c in clients)
+        ok = statuses["ok"]
+        if ok < self.quorum:
             reasons = sorted({c.reason for c in clients if c.reason})[:3]
             raise RunFailedError(
                 f"round {r}: {ok} of {len(cohort)} clients returned a usable update, fewer than "
-                f"cohort.min_clients={quorum}; reasons: {reasons or 'none reported'}"
+                f"cohort.min_clients={self.quorum}; reasons: {reasons or 'none reported'}"
             )
         new_weights = self.strategy.aggregate(self.weights, summed)
         aggregated = self.clock()
@@ -164,7 +170,8 @@ class Controller:
             "cohort": [int(c) for c in cohort],
             "units": len(units),
             "clients_ok": ok,
-            "clients_failed": len(clients) - ok,
+            "clients_failed": statuses["failed"] + statuses["rejected"],
+            "clients_late": statuses["late"],  # not waited for: the round closed at its target or deadline
             "unit_retries": sum(u.attempts - 1 for u in results),
             "bytes_broadcast": weights_nbytes(self.weights),
             "executors": self.pool.describe(),  # how many, where, how many replaced so far

@@ -6,6 +6,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from ..policies import RoundClosePolicy
 from ..selection import WorkUnit
 from ..strategies import WeightedSum
 from ..weights import Weights
@@ -36,6 +37,7 @@ class ClientReport:
     node_id: str = ""
     reason: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
+    pool: str = ""  # the node pool it ran in, where pools are configured
 
     def to_dict(self) -> dict[str, Any]:
         d = {  # by hand: dataclasses.asdict deep-copies, and this runs for every client every round
@@ -48,6 +50,8 @@ class ClientReport:
         }
         if self.reason is not None:
             d["reason"] = self.reason
+        if self.pool:
+            d["pool"] = self.pool
         return d
 
 
@@ -59,6 +63,11 @@ class UnitResult:
     summed: WeightedSum
     clients: list[ClientReport]
     attempts: int = 1
+    part: int = 0  # see WorkUnit.part
+
+    @property
+    def order(self) -> tuple[int, int]:
+        return (self.unit_id, self.part)
 
 
 class ExecutorPool(Protocol):
@@ -66,7 +75,10 @@ class ExecutorPool(Protocol):
 
     def init_weights(self) -> Weights: ...
 
-    def train_units(self, round: int, weights: Weights, units: list[WorkUnit]) -> list[UnitResult]: ...
+    def train_units(
+        self, round: int, weights: Weights, units: list[WorkUnit], close: RoundClosePolicy | None = None
+    ) -> list[UnitResult]:
+        """Every unit's result (or why its clients sent nothing), in ``order``."""
 
     def evaluate(self, weights: Weights) -> dict[str, float]: ...
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import ray
 
+from ..config import Environment
 from ..errors import ClusterError
 
 __all__ = ["connect", "controller_name", "ship_runtime_env"]
@@ -28,6 +29,10 @@ def connect(address: str | None, namespace: str, *, quiet: bool = False, dashboa
         return
     kwargs: dict[str, Any] = {"namespace": namespace, "ignore_reinit_error": True}
     if address is None:
+        # $RAY_ADDRESS (set for Ray Jobs' drivers) names the cluster; otherwise a new local
+        # Ray, never whichever other Ray happens to run on this machine.
+        address = Environment.read().ray_address or "local"
+    if address == "local":
         kwargs["include_dashboard"] = dashboard
     if quiet:
         kwargs.update(logging_level=logging.WARNING, log_to_driver=False, configure_logging=True)

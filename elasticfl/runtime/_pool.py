@@ -1,33 +1,39 @@
-"""The executor pool: executor actors that pull work units, and re-run units whose executor died.
+"""The executor pool: executor actors in named node pools, pulling work units.
 
 Weights go into the object store once per round; each unit is one actor call
 that trains a run of clients and returns their partial weighted sum, so a
 round costs O(units) calls and O(units x model) bytes, not O(clients).
 
-The pool is elastic: an executor lost with its node is replaced at once, and
-the replacement waits (without blocking the round) until some node can hold
-it — a node that joins later is used from the next dispatch on.
+The pool is elastic. Each node pool's executor count follows the round's work,
+the nodes that can hold its executors, and the pool's min/max: a node that
+joins gets executors from the next dispatch on, a node that leaves takes its
+executors (and the units in flight there, which are re-queued with the same
+seeds) with it. Before each round the pool tells the autoscaler what the
+round needs, and withdraws the request when the run ends.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 import time
-from collections import deque
+from collections import Counter
+from dataclasses import dataclass
 from typing import Any
 
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError, RayActorError, RayTaskError
 
 from ..config import RunConfig
-from ..controller import UnitResult
+from ..controller import ClientReport, UnitResult
 from ..errors import ClusterError, RunFailedError, TaskError
-from ..policies import Action, FailureKind, FailurePolicy, UnitFailure
+from ..policies import Action, FailureKind, FailurePolicy, RoundClosePolicy, RoundProgress, UnitFailure
 from ..selection import WorkUnit, default_unit_size
+from ..strategies import WeightedSum
 from ..weights import Weights
 from ._executor import ExecutorActor
-from ._resources import executor_options, executors_that_fit
+from ._resources import executor_options, executors_that_fit, resource_bundle
 
 __all__ = ["RayExecutorPool"]
 
@@ -37,8 +43,24 @@ log = logging.getLogger("elasticfl.pool")
 _PREFETCH = 2
 # Once one executor is placed, how long a run's start waits for the others.
 _START_GRACE_S = 10.0
+# How often, at most, the pool re-reads the cluster's nodes while a round runs.
+_REBALANCE_EVERY_S = 1.0
 # Errors that mean "the executor (or its node) is gone", not "the user's code raised".
 _EXECUTOR_LOST = (RayActorError, ActorDiedError, ActorUnavailableError)
+
+
+@dataclass
+class _Executor:
+    index: int
+    pool: str
+    actor: Any
+    ready_call: Any | None  # the ready() call until it answers: placed and data loaded
+    node_id: str | None = None
+    load: int = 0  # calls queued or running on it, those of a closed round included
+
+    @property
+    def placed(self) -> bool:
+        return self.node_id is not None
 
 
 class RayExecutorPool:
@@ -46,105 +68,178 @@ class RayExecutorPool:
         self.config = config
         self.run_id = run_id
         self._config_dict = config.to_dict()
-        self._options = executor_options(config.executors)
+        self._shapes = config.pool_shapes()
+        self._options = {name: executor_options(shape) for name, shape in self._shapes.items()}
+        self._placement = config.client_pools()
         self._placement_timeout_s = config.executors.placement_timeout_s
-        self._executors: dict[int, Any] = {}  # every live executor, placed or not
-        self._nodes: dict[int, str] = {}  # the ready ones: index -> node id
-        self._starting: dict[Any, int] = {}  # ready() call -> index, for those not ready yet
+        self._policy = FailurePolicy(config.executors.max_unit_retries, config.executors.max_preemptions)
+        self._executors: dict[int, _Executor] = {}
+        self._stale: dict[Any, int] = {}  # calls of a closed round still running -> executor index
         self._spawned = 0
-        self._generation = secrets.token_hex(2)
+        self._generation = secrets.token_hex(2)  # tells a restarted controller's executors from the last one's
         self._weights_ref: tuple[Weights, Any] | None = None
-        self.replaced = 0
-        self._policy = FailurePolicy(config.executors.max_unit_retries)
-        for _ in range(self._initial_count()):
-            self._spawn()
-        self._await_ready(all_of_them=True)
+        self._nodes: list[dict[str, Any]] = []
+        self._draining: set[str] = set()
+        self._nodes_read_at = -math.inf
+        self._requested: list[dict[str, float]] | None = None
+        self.lost = 0
+        self.preempted = 0
+        self._typical_work, primary = self._expected_work()
+        self._request_capacity(primary)
+        self._rebalance(self._typical_work, force=True)
+        self._await_start()
+
+    # -- sizing ----------------------------------------------------------------------
+    def _pools_of(self, unit: WorkUnit) -> tuple[str, ...]:
+        return unit.pools or tuple(self._shapes)
+
+    def _expected_work(self) -> tuple[Counter, Counter]:
+        """Units a typical round has for each pool (any unit that may run there) and
+        for each pool as first choice, before the first cohort is known."""
+        n = self.config.data.num_clients
+        selected = self.config.cohort.selected(n)
+        size = self.config.executors.unit_size or default_unit_size(selected)
+        allowed, first = Counter(), Counter()
+        for pools, count in Counter(self._placement.get(c, ()) for c in range(n)).items():
+            pools = pools or tuple(self._shapes)
+            units = math.ceil(selected * count / n / size)
+            first[pools[0]] += units
+            for p in pools:
+                allowed[p] += units
+        return allowed, first
+
+    def _read_nodes(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._nodes_read_at < _REBALANCE_EVERY_S:
+            return
+        self._nodes_read_at = now
+        self._nodes = [n for n in ray.nodes() if n.get("Alive")]
+        try:  # nodes told they will go (drained for preemption, a batch job's end): no new work there
+            from ray._private.state import state
+
+            self._draining = set(state.get_draining_nodes())
+        except Exception:  # a private API: without it, draining nodes are noticed when they die
+            self._draining = set()
+
+    def _rebalance(self, work: Counter, force: bool = False) -> None:
+        """Start executors where nodes can hold them and there is work; withdraw unplaced
+        ones that no longer have a node or work (they would hold autoscaler demand)."""
+        self._read_nodes(force)
+        for name, shape in self._shapes.items():
+            # A pool with work but no node that fits still gets one executor: it waits for a
+            # node (an autoscaler's, a batch job's) and turns "never placed" into a clear error.
+            fit = max(1, executors_that_fit(shape, self._nodes))
+            want = max(shape.min, min(work[name], fit, shape.max or math.inf))
+            mine = [e for e in self._executors.values() if e.pool == name]
+            for _ in range(want - len(mine)):
+                self._spawn(name)
+            extra = len(mine) - want
+            for e in sorted((e for e in mine if not e.placed), key=lambda e: -e.index)[: max(0, extra)]:
+                self._kill(e.index)
+
+    def _request_capacity(self, first_choice: Counter) -> None:
+        """Tell the autoscaler the executors this round could use (their first-choice pools)."""
+        bundles, selectors = [], []
+        for name, shape in self._shapes.items():
+            count = max(shape.min, min(first_choice[name], shape.max or math.inf))
+            bundles += [resource_bundle(shape)] * int(count)
+            selectors += [dict(shape.labels)] * int(count)
+        if bundles == self._requested:
+            return
+        try:
+            from ray.autoscaler.sdk import request_resources
+
+            if any(selectors):
+                request_resources(bundles=bundles, bundle_label_selectors=selectors)
+            else:
+                request_resources(bundles=bundles)
+            self._requested = bundles
+        except Exception as exc:  # a hint to the autoscaler, never a reason to fail a round
+            log.warning("could not send the autoscaler a resource request: %s", exc)
 
     # -- executors -------------------------------------------------------------------
-    def _initial_count(self) -> int:
-        cfg = self.config.executors
-        if cfg.count is not None:
-            return cfg.count
-        n = self.config.data.num_clients
-        units = -(-self.config.cohort.size(n) // (cfg.unit_size or default_unit_size(self.config.cohort.size(n))))
-        fit = executors_that_fit(cfg, ray.cluster_resources())
-        if fit < 1:
-            raise ClusterError(
-                f"no node in the cluster has the resources one executor asks for ({self._options}); "
-                "lower executors.num_cpus / num_gpus / resources, or add a node that has them"
-            )
-        return max(1, min(fit, units))
-
-    def _spawn(self) -> None:
+    def _spawn(self, pool: str) -> None:
         index = self._spawned
         self._spawned += 1
+        options = self._options[pool]
         actor = ExecutorActor.options(
-            # the generation tells a restarted controller's executors from those of the one before
-            name=f"{self.run_id}/executor-{self._generation}.{index}",
-            max_restarts=0,  # a lost executor is replaced by the pool, its unit re-queued
-            **self._options,
-        ).remote(self._config_dict, self._options["num_cpus"])
-        self._executors[index] = actor
-        self._starting[actor.ready.remote()] = index
+            name=f"{self.run_id}/executor-{pool}-{self._generation}.{index}",  # the dashboard's actor list shows the pool
+            max_restarts=0,  # a lost executor is replaced by the pool, its units re-queued
+            **options,
+        ).remote(self._config_dict, options["num_cpus"])
+        self._executors[index] = _Executor(index, pool, actor, actor.ready.remote())
 
-    def _lose(self, index: int) -> None:
-        """An executor is gone: forget it and start a replacement, which is placed when it can be."""
-        actor = self._executors.pop(index, None)
-        if actor is None:
-            return
-        self._nodes.pop(index, None)
-        for ref, i in list(self._starting.items()):
-            if i == index:
-                del self._starting[ref]
-        try:
-            ray.kill(actor, no_restart=True)
-        except Exception:  # already gone
-            pass
-        self.replaced += 1
-        self._spawn()
-
-    def _check_starting(self, timeout: float = 0.0, all_of_them: bool = False) -> None:
-        """Move executors that have been placed and loaded their data into the ready set."""
-        if not self._starting:
-            return
-        wanted = len(self._starting) if all_of_them else 1
-        done, _ = ray.wait(list(self._starting), num_returns=wanted, timeout=timeout)
-        if not all_of_them:  # take every one that is ready by now, not just the first
-            done, _ = ray.wait(list(self._starting), num_returns=len(self._starting), timeout=0)
-        for ref in done:
-            index = self._starting.pop(ref)
+    def _kill(self, index: int) -> _Executor | None:
+        executor = self._executors.pop(index, None)
+        if executor is not None:
             try:
-                self._nodes[index] = ray.get(ref)
+                ray.kill(executor.actor, no_restart=True)
+            except Exception:  # already gone
+                pass
+        return executor
+
+    def _lose(self, index: int, kind: FailureKind) -> None:
+        """An executor is gone with its node or process; the next rebalance replaces it
+        where a node can hold it."""
+        if self._kill(index) is not None:
+            self.lost += 1
+            self.preempted += kind is FailureKind.PREEMPTED
+            self._nodes_read_at = -math.inf  # re-read the nodes: the cluster just changed
+
+    def _check_starting(self, timeout: float = 0.0) -> None:
+        """Mark executors that have been placed and loaded their data as ready."""
+        calls = {e.ready_call: e for e in self._executors.values() if e.ready_call is not None}
+        if not calls:
+            return
+        done, _ = ray.wait(list(calls), num_returns=1, timeout=timeout)
+        if done:  # take every one that is ready by now, not just the first
+            done, _ = ray.wait(list(calls), num_returns=len(calls), timeout=0)
+        for call in done:
+            executor = calls[call]
+            executor.ready_call = None
+            try:
+                executor.node_id = ray.get(call)
             except RayTaskError as exc:
                 raise TaskError(f"an executor could not load the task or the data: {exc.cause!r}") from exc
             except _EXECUTOR_LOST:
-                log.warning("executor %d died while starting; replacing it", index)
-                self._lose(index)
+                log.warning("executor %d died while starting", executor.index)
+                self._lose(executor.index, FailureKind.EXECUTOR_LOST)
 
-    def _await_ready(self, all_of_them: bool = False) -> None:
-        """Wait for executors to be placed: for all of them at start, for one later on.
+    def _settle_stale(self) -> None:
+        """Calls abandoned by a closed round keep their executor busy until they end."""
+        if not self._stale:
+            return
+        done, _ = ray.wait(list(self._stale), num_returns=len(self._stale), timeout=0)
+        for call in done:
+            executor = self._executors.get(self._stale.pop(call))
+            if executor is not None:
+                executor.load -= 1
 
-        Whatever is placed by the deadline goes to work; the rest keep waiting for a
-        node (the autoscaler's, or one a batch job joins) and take work once placed.
-        """
+    def _placed(self) -> list[_Executor]:
+        return [e for e in self._executors.values() if e.placed]
+
+    def _await_start(self) -> None:
+        """Wait until one executor is placed, then briefly for the others; the rest join
+        when nodes can hold them (the autoscaler's, or those a batch job joins)."""
         deadline = time.monotonic() + self._placement_timeout_s
-        while not self._nodes and self._starting and time.monotonic() < deadline:
-            self._check_starting(timeout=max(0.0, deadline - time.monotonic()))
-        if all_of_them and self._nodes and self._starting:
-            # Some are working already: give the rest a short grace, not the whole timeout.
-            self._check_starting(timeout=min(_START_GRACE_S, max(0.0, deadline - time.monotonic())), all_of_them=True)
-        if not self._nodes:
+        while not self._placed() and time.monotonic() < deadline:
+            self._check_starting(timeout=min(1.0, max(0.0, deadline - time.monotonic())))
+            self._rebalance(self._typical_work)
+        if not self._placed():
             raise ClusterError(
-                f"{len(self._starting)} of {len(self._executors)} executors were not placed within "
-                f"{self._placement_timeout_s:.0f}s: no node offers what one executor asks for ({self._options}); "
-                "lower executors.num_cpus / num_gpus / resources / accelerator_type or executors.count, "
-                "or add such nodes (`ray status`)"
+                f"no executor was placed within executors.placement_timeout_s={self._placement_timeout_s:g}s: "
+                f"no node offers what they ask for ({self._describe_shapes()}); lower num_cpus / num_gpus / "
+                "resources / accelerator_type / labels, or add such nodes (`ray status` shows what there is)"
             )
-        if all_of_them and self._starting:
-            log.warning(
-                "%d of %d executors are not placed yet; the run starts with %d and the rest join "
-                "when nodes can hold them", len(self._starting), len(self._executors), len(self._nodes)
-            )
+        grace = time.monotonic() + min(_START_GRACE_S, max(0.0, deadline - time.monotonic()))
+        while any(not e.placed for e in self._executors.values()) and time.monotonic() < grace:
+            self._check_starting(timeout=min(0.5, max(0.0, grace - time.monotonic())))
+        starting = sum(not e.placed for e in self._executors.values())
+        if starting:
+            log.warning("%d executors are not placed yet; they join when nodes can hold them", starting)
+
+    def _describe_shapes(self, pools: tuple[str, ...] | None = None) -> str:
+        return "; ".join(f"pool {p!r}: {self._options[p]}" for p in (pools or tuple(self._shapes)))
 
     def _put(self, weights: Weights) -> Any:
         # The same weights object is evaluated and then trained on: put it once.
@@ -159,62 +254,26 @@ class RayExecutorPool:
     def evaluate(self, weights: Weights) -> dict[str, float]:
         return self._call_any("evaluate", self._put(weights))
 
-    def train_units(self, round: int, weights: Weights, units: list[WorkUnit]) -> list[UnitResult]:
-        ref = self._put(weights)
-        pending = deque(units)
-        attempts: dict[int, int] = {}
-        inflight: dict[Any, tuple[int, WorkUnit]] = {}
-        load: dict[int, int] = {}
-        results: list[UnitResult] = []
-        while pending or inflight:
-            self._check_starting()  # a node that joined: its executor takes work from now on
-            if not self._nodes and not inflight:
-                self._await_ready()
-            for index in list(self._nodes):
-                actor = self._executors[index]
-                while pending and load.get(index, 0) < _PREFETCH:
-                    unit = pending.popleft()
-                    attempts[unit.unit_id] = attempts.get(unit.unit_id, 0) + 1
-                    inflight[actor.run_unit.remote(round, ref, unit)] = (index, unit)
-                    load[index] = load.get(index, 0) + 1
-            if not inflight:
-                continue
-            ready, _ = ray.wait(list(inflight), num_returns=1, timeout=0.5 if self._starting else 5.0)
-            for obj in ready:
-                index, unit = inflight.pop(obj)
-                load[index] = load.get(index, 1) - 1
-                try:
-                    result: UnitResult = ray.get(obj)
-                except _EXECUTOR_LOST as exc:
-                    failure = UnitFailure(round, unit.unit_id, unit.client_ids[0], unit.client_ids[-1],
-                                          attempts[unit.unit_id], FailureKind.EXECUTOR_LOST)
-                    decision = self._policy.decide(failure)
-                    if decision.action is Action.FAIL_RUN:
-                        raise RunFailedError(decision.reason) from exc
-                    log.warning("%s (%s)", decision.reason, type(exc).__name__)
-                    self._lose(index)
-                    load.pop(index, None)
-                    pending.appendleft(unit)
-                    continue
-                except RayTaskError as exc:
-                    raise TaskError(f"round {round}: work unit {unit.unit_id} raised: {exc.cause!r}") from exc
-                result.attempts = attempts[unit.unit_id]
-                results.append(result)
-        return results
+    def train_units(
+        self, round: int, weights: Weights, units: list[WorkUnit], close: RoundClosePolicy | None = None
+    ) -> list[UnitResult]:
+        return _Round(self, round, self._put(weights), units, close).run()
 
     def _call_any(self, method: str, *args: Any) -> Any:
         """Call one method on a ready executor, moving to another if it dies."""
         for _ in range(self.config.executors.max_unit_retries + 1):
-            self._check_starting()
-            if not self._nodes:
-                self._await_ready()
-            index = min(self._nodes)
+            deadline = time.monotonic() + self._placement_timeout_s
+            while not self._placed() and time.monotonic() < deadline:
+                self._check_starting(timeout=1.0)
+                self._rebalance(self._typical_work)
+            if not self._placed():
+                raise ClusterError(f"{method}: no executor is placed; {self._describe_shapes()}")
+            executor = min(self._placed(), key=lambda e: (e.load, e.index))
             try:
-                call = getattr(self._executors[index], method).remote(*args)
-                return ray.get(call, timeout=self._placement_timeout_s)
+                return ray.get(getattr(executor.actor, method).remote(*args), timeout=self._placement_timeout_s)
             except _EXECUTOR_LOST:
-                log.warning("executor %d lost during %s; retrying on another", index, method)
-                self._lose(index)
+                log.warning("executor %d lost during %s; retrying on another", executor.index, method)
+                self._lose(executor.index, FailureKind.EXECUTOR_LOST)
             except GetTimeoutError as exc:
                 raise ClusterError(f"{method} on an executor took longer than executors.placement_timeout_s") from exc
             except RayTaskError as exc:
@@ -222,20 +281,175 @@ class RayExecutorPool:
         raise RunFailedError(f"{method}: executors kept dying; check the nodes' health")
 
     def describe(self) -> dict[str, Any]:
+        placed = self._placed()
         return {
             "executors": len(self._executors),
-            "ready": len(self._nodes),
-            "starting": len(self._starting),
-            "replaced": self.replaced,
-            "nodes": sorted(set(self._nodes.values())),
+            "ready": len(placed),
+            "starting": len(self._executors) - len(placed),
+            "lost": self.lost,
+            "preempted": self.preempted,
+            "nodes": sorted({e.node_id for e in placed if e.node_id}),
+            "pools": {
+                name: {
+                    "ready": sum(e.pool == name for e in placed),
+                    "starting": sum(e.pool == name and not e.placed for e in self._executors.values()),
+                }
+                for name in self._shapes
+            },
         }
 
     def shutdown(self) -> None:
-        for actor in self._executors.values():
+        for index in list(self._executors):
+            self._kill(index)
+        if self._requested:  # the run no longer needs those nodes: let the autoscaler scale down
+            self._request_capacity(Counter({name: 0 for name in self._shapes}))
+
+
+class _Round:
+    """One round's dispatch: units to executors, failures to the policy, until the
+    round has every unit back or the close policy ends it early."""
+
+    def __init__(self, pool: RayExecutorPool, round: int, weights_ref: Any, units: list[WorkUnit], close) -> None:
+        self.pool = pool
+        self.round = round
+        self.weights_ref = weights_ref
+        self.close = close
+        # The most constrained units first, so a unit that may run anywhere does not take
+        # the last free slot of a pool that another unit is pinned to.
+        self.queue = sorted(units, key=lambda u: len(pool._pools_of(u)))
+        self.inflight: dict[Any, tuple[int, WorkUnit]] = {}
+        self.failures: Counter = Counter()
+        self.preemptions: Counter = Counter()
+        self.attempts: Counter = Counter()
+        self.results: list[UnitResult] = []
+        self.ok = 0
+        self.started = time.monotonic()
+        self.starved_since: dict[tuple[str, ...], float] = {}
+        self.work = Counter(p for u in units for p in pool._pools_of(u))
+        pool._request_capacity(Counter(pool._pools_of(u)[0] for u in units))
+        pool._rebalance(self.work, force=True)
+
+    def run(self) -> list[UnitResult]:
+        pool = self.pool
+        while self.queue or self.inflight:
+            pool._check_starting()
+            pool._settle_stale()
+            pool._rebalance(self.work)
+            self._dispatch()
+            if self.close is not None:
+                elapsed = time.monotonic() - self.started
+                reason = self.close.close_reason(RoundProgress(elapsed, self.ok, len(self.queue) + len(self.inflight)))
+                if reason is not None:
+                    self._abandon(reason)
+                    break
+            self._check_starved()
+            if not self.inflight:  # waiting for an executor to be placed
+                pool._check_starting(timeout=0.5)
+                continue
+            ready, _ = ray.wait(list(self.inflight), num_returns=1, timeout=0.5)
+            for call in ready:
+                self._collect(call)
+        return sorted(self.results, key=lambda r: r.order)
+
+    def _dispatch(self) -> None:
+        pool = self.pool
+        free = [e for e in pool._placed() if e.load < _PREFETCH and e.node_id not in pool._draining]
+        if not free:
+            return
+        waiting = []
+        for unit in self.queue:
+            executor = None
+            for name in pool._pools_of(unit):  # preference order: fall back when a pool is full
+                candidates = [e for e in free if e.pool == name and e.load < _PREFETCH]
+                if candidates:
+                    executor = min(candidates, key=lambda e: (e.load, e.index))
+                    break
+            if executor is None:
+                waiting.append(unit)
+                continue
+            self.attempts[unit.order] += 1
+            self.inflight[executor.actor.run_unit.remote(self.round, self.weights_ref, unit)] = (executor.index, unit)
+            executor.load += 1
+        self.queue = waiting
+
+    def _collect(self, call: Any) -> None:
+        pool = self.pool
+        index, unit = self.inflight.pop(call)
+        executor = pool._executors.get(index)
+        if executor is not None:
+            executor.load -= 1
+        try:
+            result: UnitResult = ray.get(call)
+        except _EXECUTOR_LOST as exc:
+            self._retry_or_drop(unit, executor, exc)
+            return
+        except RayTaskError as exc:
+            raise TaskError(f"round {self.round}: work unit {unit.unit_id} raised: {exc.cause!r}") from exc
+        result.part = unit.part
+        result.attempts = self.attempts[unit.order]
+        for client in result.clients:
+            client.pool = executor.pool if executor is not None else ""
+        self.ok += sum(c.status == "ok" for c in result.clients)
+        self.results.append(result)
+
+    def _retry_or_drop(self, unit: WorkUnit, executor: _Executor | None, exc: Exception) -> None:
+        pool = self.pool
+        preempted = bool(getattr(exc, "preempted", False)) or (
+            executor is not None and (pool._shapes[executor.pool].spot or executor.node_id in pool._draining)
+        )
+        kind = FailureKind.PREEMPTED if preempted else FailureKind.EXECUTOR_LOST
+        (self.preemptions if preempted else self.failures)[unit.order] += 1
+        decision = pool._policy.decide(
+            UnitFailure(self.round, unit.unit_id, unit.client_ids, self.failures[unit.order],
+                        self.preemptions[unit.order], kind)
+        )
+        if executor is not None:
+            pool._lose(executor.index, kind)
+        if decision.action is Action.RETRY:
+            log.warning("%s (%s)", decision.reason, type(exc).__name__)
+            self.queue.insert(0, unit)
+        elif decision.action is Action.SPLIT:
+            log.warning("%s", decision.reason)
+            self.queue[0:0] = unit.split()
+        else:
+            log.error("round %d: dropped client(s) %s: %s", self.round, list(unit.client_ids), decision.reason)
+            self.results.append(_unreported(unit, "failed", decision.reason, self.attempts[unit.order]))
+
+    def _abandon(self, reason: str) -> None:
+        """The round closes early: queued units are not run, running ones are discarded."""
+        pool = self.pool
+        for call, (index, unit) in self.inflight.items():
             try:
-                ray.kill(actor, no_restart=True)
+                ray.cancel(call)  # a queued call is dropped; a running one runs out and is ignored
             except Exception:
                 pass
-        self._executors.clear()
-        self._nodes.clear()
-        self._starting.clear()
+            pool._stale[call] = index
+            self.results.append(_unreported(unit, "late", reason, self.attempts[unit.order]))
+        for unit in self.queue:
+            self.results.append(_unreported(unit, "late", reason, self.attempts[unit.order]))
+        self.inflight.clear()
+        self.queue = []
+
+    def _check_starved(self) -> None:
+        """Units whose pools have had no placed executor for the placement timeout: an
+        error that names the pool, instead of the silent wait Ray would give."""
+        now = time.monotonic()
+        placed_pools = {e.pool for e in self.pool._placed()}
+        starved = {self.pool._pools_of(u) for u in self.queue if not placed_pools.intersection(self.pool._pools_of(u))}
+        self.starved_since = {p: self.starved_since.get(p, now) for p in starved}
+        for pools, since in self.starved_since.items():
+            if now - since >= self.pool._placement_timeout_s:
+                clients = sorted(c for u in self.queue if self.pool._pools_of(u) == pools for c in u.client_ids)
+                raise ClusterError(
+                    f"round {self.round}: clients {clients[:5]}{'...' if len(clients) > 5 else ''} may only run in "
+                    f"pool(s) {list(pools)}, and no executor there was placed within "
+                    f"executors.placement_timeout_s={self.pool._placement_timeout_s:g}s "
+                    f"({self.pool._describe_shapes(pools)}); add nodes with those resources/labels "
+                    "(an autoscaler node type, a Slurm job joining the head), or change the `clients` rules"
+                )
+
+
+def _unreported(unit: WorkUnit, status: str, reason: str, attempts: int) -> UnitResult:
+    """A unit whose clients sent no update this round, with why, for the history."""
+    reports = [ClientReport(cid, status, reason=reason) for cid in unit.client_ids]
+    return UnitResult(unit.unit_id, WeightedSum(), reports, attempts=attempts, part=unit.part)

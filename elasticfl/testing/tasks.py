@@ -6,6 +6,7 @@ about the exact numbers and so Ray workers start quickly.
 
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -37,7 +38,9 @@ class NoisyMean:
     """A tiny vector model; each client nudges it by seeded noise, weighted by client id + 1.
 
     Clients listed in ``nan_clients`` / ``wrong_shape_clients`` / ``raise_clients``
-    misbehave; ``sleep_s`` makes each client take a while (for fault injection).
+    misbehave; ``crash_clients`` kill their executor's process (as an OOM kill would);
+    ``sleep_s`` makes each client take a while, ``slow_clients`` another ``slow_s``
+    (stragglers), for fault injection.
     """
 
     def __init__(
@@ -46,13 +49,19 @@ class NoisyMean:
         nan_clients: list[int] | None = None,
         wrong_shape_clients: list[int] | None = None,
         raise_clients: list[int] | None = None,
+        crash_clients: list[int] | None = None,
         sleep_s: float = 0.0,
+        slow_clients: list[int] | None = None,
+        slow_s: float = 0.0,
     ) -> None:
         self.dim = dim
         self.nan = set(nan_clients or [])
         self.wrong_shape = set(wrong_shape_clients or [])
         self.raises = set(raise_clients or [])
+        self.crashes = set(crash_clients or [])
         self.sleep_s = sleep_s
+        self.slow = set(slow_clients or [])
+        self.slow_s = slow_s
 
     def init_weights(self, seed: int, data_shape=None) -> Weights:
         return [np.zeros(self.dim, np.float32), np.zeros((2, 2), np.float32)]
@@ -61,6 +70,10 @@ class NoisyMean:
         if self.sleep_s:
             time.sleep(self.sleep_s)
         cid = ctx.client_id
+        if cid in self.slow:
+            time.sleep(self.slow_s)
+        if cid in self.crashes:
+            os._exit(1)  # the whole process goes, not just this call
         if cid in self.raises:
             raise RuntimeError(f"client {cid} crashed on purpose")
         new = [w + ctx.rng.standard_normal(w.shape).astype(np.float32) * 0.1 for w in weights]

@@ -86,3 +86,88 @@ def test_user_code_that_cannot_be_imported_exits_2(ray_local, tmp_path):
     result = runner.invoke(app, ["run", str(path), "--storage", str(tmp_path / "runs")])
     assert result.exit_code == 2, result.output
     assert "no_such_module_anywhere" in result.output and "runtime_env" in result.output
+
+
+# -- watch: re-attach to a run by id ----------------------------------------------------------
+
+def _controller_gone(run_id: str, timeout_s: float = 30.0) -> None:
+    """Wait until the released controller has left the cluster (its name is freed asynchronously)."""
+    import time
+
+    import ray
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            ray.get_actor(f"controller/{run_id}", namespace="elasticfl")
+        except ValueError:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"the controller of {run_id} is still there after {timeout_s}s")
+
+
+def test_watch_follows_a_submitted_run_then_reads_it_from_storage(ray_local, tmp_path):
+    import elasticfl
+
+    store = str(tmp_path / "runs")
+    handle = elasticfl.submit(noisy_config(rounds=3, sleep_s=0.1), run_id="watched", storage=store, quiet=True)
+
+    # live, while it runs: the progress `run` shows, then the same summary and exit code
+    live = runner.invoke(app, ["watch", "watched", "--storage", store])
+    assert live.exit_code == 0, live.output
+    assert "watching run watched" in live.output and "the run goes on" in live.output
+    assert all(f"round {r}/3" in live.output for r in (1, 2, 3)) and "ETA" in live.output
+    assert "clients 6 ok / 0 failed" in live.output and "retries 0" in live.output
+    assert "completed after 3/3 rounds" in live.output
+
+    # watch left the finished controller to its driver, which still reads the outcome
+    result = handle.wait()
+    assert result.state == "completed"
+    _controller_gone("watched")
+
+    # no controller any more: the rounds and the outcome come from storage, as `run --json` printed them
+    stored = runner.invoke(app, ["watch", "watched", "--json", "--storage", store])
+    assert stored.exit_code == 0, stored.output
+    lines = _lines(stored.output)
+    assert [l["round"] for l in lines[:-1]] == [1, 2, 3] and "norm" in lines[0] and "clients_ok" in lines[0]
+    final = lines[-1]
+    assert final["state"] == "completed" and final["round"] == 3 and final["weights_sha256"] == result.weights_sha256
+    text = runner.invoke(app, ["watch", "watched", "--storage", store])
+    assert text.exit_code == 0 and "from its storage" in text.output and "completed after 3/3" in text.output
+
+
+def test_watch_of_an_unknown_run_exits_3_naming_where_it_looked(ray_local, tmp_path):
+    result = runner.invoke(app, ["watch", "no-such-run", "--storage", str(tmp_path)])
+    assert result.exit_code == 3, result.output
+    assert "no-such-run" in result.output and "status.json" in result.output and str(tmp_path) in result.output
+    assert "namespace 'elasticfl'" in result.output and "Traceback" not in result.output
+
+
+def test_watch_of_a_run_whose_controller_is_gone_suggests_resume(tmp_path):
+    from elasticfl.checkpoint import CheckpointStore
+
+    CheckpointStore(str(tmp_path), "orphan").write_json(
+        "status.json", {"run_id": "orphan", "state": "running", "round": 2, "rounds": 5, "metrics": {}, "updated_at": 0}
+    )
+    result = runner.invoke(app, ["watch", "orphan", "--storage", str(tmp_path)])
+    assert result.exit_code == 3, result.output
+    assert "no live controller" in result.output and "--run-id orphan --resume" in result.output
+
+
+def test_ctrl_c_in_watch_leaves_the_run_alone(monkeypatch):
+    from elasticfl_cli import main as cli
+
+    class Handle:
+        run_id, history, stopped = "busy", [], False
+
+        def wait(self, on_round=None, *, release=True):
+            raise KeyboardInterrupt
+
+        def stop(self):
+            self.stopped = True
+
+    handle = Handle()
+    monkeypatch.setattr(cli, "_live_controller", lambda *args: (handle, ""))
+    result = runner.invoke(app, ["watch", "busy", "--json"])
+    assert result.exit_code == 130 and not handle.stopped
+    assert "elasticfl stop busy" in result.output

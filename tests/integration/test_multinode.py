@@ -9,7 +9,7 @@ import elasticfl
 from elasticfl.checkpoint import CheckpointStore
 from elasticfl.controller import Controller
 from elasticfl.worker import InProcessPool
-from tests.conftest import noisy_config
+from tests.conftest import lose_machine, noisy_config
 
 
 @pytest.fixture
@@ -40,34 +40,6 @@ def _clients_by_node(history):
     return seen
 
 
-def _lose_machine(cluster, node) -> None:
-    """A node's machine is gone: every process on it dies at once, workers included
-    (Cluster.remove_node alone leaves the raylet's worker processes to notice later)."""
-    import os
-    import signal
-
-    raylets = [p.process.pid for p in node.all_processes["raylet"]]
-    parents = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
-            except OSError:
-                pass
-    doomed, frontier = set(), list(raylets)
-    while frontier:
-        pid = frontier.pop()
-        doomed.add(pid)
-        frontier.extend(child for child, parent in parents.items() if parent == pid and child not in doomed)
-    for pid in doomed - set(raylets):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    cluster.remove_node(node, allow_graceful=False)
-
-
 def _reference(config, tmp_path):
     c = Controller(config, "ref", InProcessPool(config), CheckpointStore(str(tmp_path / "ref"), "ref"))
     c.run()
@@ -96,7 +68,7 @@ def test_a_node_lost_mid_round_and_one_that_joins(cluster, tmp_path):
     for record in rounds:
         if record["round"] >= 2:
             break
-    _lose_machine(cluster, doomed)  # a spot node gone, mid-round
+    lose_machine(cluster, doomed)  # a spot node gone, mid-round
     for record in rounds:
         if record["round"] >= 4:
             break
@@ -105,9 +77,8 @@ def test_a_node_lost_mid_round_and_one_that_joins(cluster, tmp_path):
 
     debug = [(r["round"], r["unit_retries"], r["executors"], round(r["duration_s"], 2)) for r in result.history]
     assert result.ok and all(r["clients_ok"] == 12 for r in result.history), debug  # every client, every round
-    # Survived by replacing the lost executor, or (seen in about one run in three here, not yet
-    # understood: the controller sits on the head) by the controller restarting from a checkpoint.
-    assert result.history[-1]["executors"]["replaced"] >= 1 or result.resumed_from is not None, debug
+    # Survived by replacing the lost executor; the controller, on the head, never noticed.
+    assert result.history[-1]["executors"]["lost"] >= 1 and result.resumed_from is None, debug
     by_node = _clients_by_node(result.history)
     assert max(by_node[doomed.node_id]) <= 3  # nothing ran there after it died
     assert joined.node_id in by_node  # the replacement executor was placed on the new node and used

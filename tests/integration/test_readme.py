@@ -127,6 +127,8 @@ SECTIONS: dict[str, list[type[BaseModel]]] = {
     "data.partition": [cfg.PartitionConfig],
     "cohort": [cfg.CohortConfig],
     "executors": [cfg.ExecutorConfig],
+    "pools.<name>": [cfg.PoolConfig],
+    "clients": [cfg.ClientRule],
     "strategy": [cfg.FedAvgConfig, cfg.FedAvgMConfig],
     "checkpoint": [cfg.CheckpointConfig],
     "cluster": [cfg.ClusterConfig],

@@ -7,6 +7,7 @@ from elasticfl import ConfigError, RunConfig
 from elasticfl.checkpoint import CheckpointStore
 from elasticfl.controller import Controller, RunState
 from elasticfl.worker import InProcessPool
+from tests.conftest import noisy_config
 
 
 def noisy(rounds=4, clients=12, per_round=5, min_clients=None, **params):
@@ -149,3 +150,14 @@ def test_digits_classifier_learns(tmp_path):
     c = make(cfg, tmp_path)
     assert c.run() is RunState.COMPLETED
     assert c.history[-1]["metrics"]["accuracy"] > 0.85
+
+
+def test_over_selection_closes_the_round_at_its_target(tmp_path):
+    config = noisy_config(rounds=2, clients=12, per_round=4, unit_size=2).with_overrides(cohort={"over_select": 0.5})
+    controller = Controller(config, "over", InProcessPool(config), CheckpointStore(str(tmp_path), "over"))
+    assert controller.run() is RunState.COMPLETED
+    for record in controller.history:
+        assert len(record["cohort"]) == 6  # 4 wanted, 50% more selected
+        assert record["clients_ok"] == 4 and record["clients_late"] == 2
+        late = [c for c in record["clients"] if c["status"] == "late"]
+        assert len(late) == 2 and "target" in late[0]["reason"]

@@ -59,3 +59,22 @@ def test_units_cover_the_cohort_in_order():
     assert [len(u.client_ids) for u in make_units(np.arange(100))] == [25] * 4  # ~25 clients a unit
     assert len(make_units(np.arange(10))) == 2  # at least two units
     assert len(make_units(np.arange(10), model_params=100_000_000)) == 2  # big models: few units
+
+
+def test_clients_with_different_pools_never_share_a_unit():
+    placement = {c: ("hpc",) for c in range(0, 10)} | {c: ("cloud", "hpc") for c in range(10, 15)}
+    units = make_units(np.arange(20), unit_size=4, placement=placement)
+    assert [u.unit_id for u in units] == list(range(len(units)))
+    for unit in units:
+        assert len({placement.get(c, ()) for c in unit.client_ids}) == 1
+        assert unit.pools == placement.get(unit.client_ids[0], ())
+    assert sorted(c for u in units for c in u.client_ids) == list(range(20))
+    # the same cohort and config cut the same units, whatever ran them before
+    assert units == make_units(np.arange(20), unit_size=4, placement=placement)
+
+
+def test_a_split_unit_keeps_its_place_in_the_sum_order():
+    unit = make_units(np.arange(6), unit_size=3)[1]
+    parts = unit.split()
+    assert [p.client_ids for p in parts] == [(3,), (4,), (5,)]
+    assert sorted([p.order for p in parts] + [(0, 0), (2, 0)]) == [(0, 0), (1, 1), (1, 2), (1, 3), (2, 0)]
