@@ -56,7 +56,7 @@ class _Executor:
     actor: Any
     ready_call: Any | None  # the ready() call until it answers: placed and data loaded
     node_id: str | None = None
-    load: int = 0  # calls queued or running on it, those of a closed round included
+    load: int = 0  # calls queued or running on it
 
     @property
     def placed(self) -> bool:
@@ -74,12 +74,12 @@ class RayExecutorPool:
         self._placement_timeout_s = config.executors.placement_timeout_s
         self._policy = FailurePolicy(config.executors.max_unit_retries, config.executors.max_preemptions)
         self._executors: dict[int, _Executor] = {}
-        self._stale: dict[Any, int] = {}  # calls of a closed round still running -> executor index
         self._spawned = 0
         self._generation = secrets.token_hex(2)  # tells a restarted controller's executors from the last one's
         self._weights_ref: tuple[Weights, Any] | None = None
         self._nodes: list[dict[str, Any]] = []
-        self._draining: set[str] = set()
+        self._draining: set[str] = set()  # nodes told to go: no new work there
+        self._drained: set[str] = set()  # every node seen draining: losses there are preemptions
         self._nodes_read_at = -math.inf
         self._requested: list[dict[str, float]] | None = None
         self.lost = 0
@@ -120,6 +120,11 @@ class RayExecutorPool:
             self._draining = set(state.get_draining_nodes())
         except Exception:  # a private API: without it, draining nodes are noticed when they die
             self._draining = set()
+        self._drained |= self._draining
+        alive = {n["NodeID"] for n in self._nodes}
+        for executor in [e for e in self._executors.values() if e.placed and e.node_id not in alive]:
+            # Its node left: let it go now rather than when a call to it fails.
+            self._lose(executor.index, self._loss_kind(executor, None))
 
     def _rebalance(self, work: Counter, force: bool = False) -> None:
         """Start executors where nodes can hold them and there is work; withdraw unplaced
@@ -205,16 +210,6 @@ class RayExecutorPool:
                 log.warning("executor %d died while starting", executor.index)
                 self._lose(executor.index, FailureKind.EXECUTOR_LOST)
 
-    def _settle_stale(self) -> None:
-        """Calls abandoned by a closed round keep their executor busy until they end."""
-        if not self._stale:
-            return
-        done, _ = ray.wait(list(self._stale), num_returns=len(self._stale), timeout=0)
-        for call in done:
-            executor = self._executors.get(self._stale.pop(call))
-            if executor is not None:
-                executor.load -= 1
-
     def _placed(self) -> list[_Executor]:
         return [e for e in self._executors.values() if e.placed]
 
@@ -237,6 +232,14 @@ class RayExecutorPool:
         starting = sum(not e.placed for e in self._executors.values())
         if starting:
             log.warning("%d executors are not placed yet; they join when nodes can hold them", starting)
+
+    def _loss_kind(self, executor: _Executor | None, exc: Exception | None) -> FailureKind:
+        """Preempted: Ray says so (a node drained for preemption), the node had been draining,
+        or the pool is declared spot. Anything else is a failure."""
+        preempted = bool(getattr(exc, "preempted", False)) or (
+            executor is not None and (self._shapes[executor.pool].spot or executor.node_id in self._drained)
+        )
+        return FailureKind.PREEMPTED if preempted else FailureKind.EXECUTOR_LOST
 
     def _describe_shapes(self, pools: tuple[str, ...] | None = None) -> str:
         return "; ".join(f"pool {p!r}: {self._options[p]}" for p in (pools or tuple(self._shapes)))
@@ -261,7 +264,8 @@ class RayExecutorPool:
 
     def _call_any(self, method: str, *args: Any) -> Any:
         """Call one method on a ready executor, moving to another if it dies."""
-        for _ in range(self.config.executors.max_unit_retries + 1):
+        cfg = self.config.executors
+        for _ in range(cfg.max_unit_retries + cfg.max_preemptions + 1):
             deadline = time.monotonic() + self._placement_timeout_s
             while not self._placed() and time.monotonic() < deadline:
                 self._check_starting(timeout=1.0)
@@ -271,9 +275,9 @@ class RayExecutorPool:
             executor = min(self._placed(), key=lambda e: (e.load, e.index))
             try:
                 return ray.get(getattr(executor.actor, method).remote(*args), timeout=self._placement_timeout_s)
-            except _EXECUTOR_LOST:
+            except _EXECUTOR_LOST as exc:
                 log.warning("executor %d lost during %s; retrying on another", executor.index, method)
-                self._lose(executor.index, FailureKind.EXECUTOR_LOST)
+                self._lose(executor.index, self._loss_kind(executor, exc))
             except GetTimeoutError as exc:
                 raise ClusterError(f"{method} on an executor took longer than executors.placement_timeout_s") from exc
             except RayTaskError as exc:
@@ -333,7 +337,6 @@ class _Round:
         pool = self.pool
         while self.queue or self.inflight:
             pool._check_starting()
-            pool._settle_stale()
             pool._rebalance(self.work)
             self._dispatch()
             if self.close is not None:
@@ -367,10 +370,39 @@ class _Round:
             if executor is None:
                 waiting.append(unit)
                 continue
-            self.attempts[unit.order] += 1
-            self.inflight[executor.actor.run_unit.remote(self.round, self.weights_ref, unit)] = (executor.index, unit)
-            executor.load += 1
+            self._send(unit, executor)
         self.queue = waiting
+        if not self.queue:
+            self._steal(free)
+
+    def _send(self, unit: WorkUnit, executor: _Executor) -> None:
+        self.attempts[unit.order] += 1
+        self.inflight[executor.actor.run_unit.remote(self.round, self.weights_ref, unit)] = (executor.index, unit)
+        executor.load += 1
+
+    def _steal(self, free: list[_Executor]) -> None:
+        """An idle executor takes a unit that waits behind another executor's running call
+        (a straggler, say): the waiting call is cancelled (not started, so it never ran)."""
+        idle = [e for e in free if e.load == 0]
+        for executor in idle:
+            waiting = [  # the newest call on an executor with more than one: it has not started
+                (call, index, unit) for call, (index, unit) in self.inflight.items()
+                if index != executor.index and self.pool._executors.get(index) is not None
+                and self.pool._executors[index].load > 1
+                and self.pool._executors[index].pool in self.pool._pools_of(unit)
+                and executor.pool in self.pool._pools_of(unit)
+            ]
+            if not waiting:
+                return
+            call, index, unit = waiting[-1]
+            try:
+                ray.cancel(call)
+            except Exception:  # already running or done: let both run; the first result counts
+                continue
+            del self.inflight[call]
+            self.pool._executors[index].load -= 1
+            self.attempts[unit.order] -= 1  # the cancelled call never ran
+            self._send(unit, executor)
 
     def _collect(self, call: Any) -> None:
         pool = self.pool
@@ -394,11 +426,8 @@ class _Round:
 
     def _retry_or_drop(self, unit: WorkUnit, executor: _Executor | None, exc: Exception) -> None:
         pool = self.pool
-        preempted = bool(getattr(exc, "preempted", False)) or (
-            executor is not None and (pool._shapes[executor.pool].spot or executor.node_id in pool._draining)
-        )
-        kind = FailureKind.PREEMPTED if preempted else FailureKind.EXECUTOR_LOST
-        (self.preemptions if preempted else self.failures)[unit.order] += 1
+        kind = pool._loss_kind(executor, exc)
+        (self.preemptions if kind is FailureKind.PREEMPTED else self.failures)[unit.order] += 1
         decision = pool._policy.decide(
             UnitFailure(self.round, unit.unit_id, unit.client_ids, self.failures[unit.order],
                         self.preemptions[unit.order], kind)
@@ -416,14 +445,11 @@ class _Round:
             self.results.append(_unreported(unit, "failed", decision.reason, self.attempts[unit.order]))
 
     def _abandon(self, reason: str) -> None:
-        """The round closes early: queued units are not run, running ones are discarded."""
+        """The round closes early: queued units are not run, running ones are discarded, and
+        the executors running them are replaced (a straggler would hold them past the round)."""
         pool = self.pool
         for call, (index, unit) in self.inflight.items():
-            try:
-                ray.cancel(call)  # a queued call is dropped; a running one runs out and is ignored
-            except Exception:
-                pass
-            pool._stale[call] = index
+            pool._kill(index)
             self.results.append(_unreported(unit, "late", reason, self.attempts[unit.order]))
         for unit in self.queue:
             self.results.append(_unreported(unit, "late", reason, self.attempts[unit.order]))

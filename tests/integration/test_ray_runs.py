@@ -150,3 +150,30 @@ def test_the_controller_killed_mid_run_restarts_and_finishes_the_same(ray_local,
     assert result.ok and result.round == 8
     assert result.weights_sha256 == clean.weights_sha256
     assert [h["round"] for h in result.history] == list(range(1, 9))
+
+
+def test_a_client_that_keeps_crashing_its_executor_is_dropped_not_the_round(ray_local, tmp_path):
+    config = noisy_config(rounds=1, clients=8, per_round=8, crash_clients=[3]).with_overrides(
+        executors={"max_unit_retries": 1}
+    )
+    result = elasticfl.run(config, storage=str(tmp_path / "runs"))
+    assert result.ok
+    record = result.history[0]
+    by_id = {c["client_id"]: c for c in record["clients"]}
+    assert by_id[3]["status"] == "failed" and "max_unit_retries=1" in by_id[3]["reason"]
+    # its unit-mate ran on its own after the unit was split, and counts
+    assert record["clients_ok"] == 7 and by_id[2]["status"] == "ok"
+    assert record["executors"]["lost"] == 4 and record["executors"]["preempted"] == 0
+
+
+def test_a_round_deadline_closes_the_round_without_its_stragglers(ray_local, tmp_path):
+    config = noisy_config(rounds=2, clients=12, per_round=12, slow_clients=[5], slow_s=30).with_overrides(
+        cohort={"deadline_s": 1.5, "min_clients": 6}
+    )
+    result = elasticfl.run(config, storage=str(tmp_path / "runs"))
+    assert result.ok
+    for record in result.history:
+        late = sorted(c["client_id"] for c in record["clients"] if c["status"] == "late")
+        assert late == [4, 5]  # the straggler and its unit-mate were not waited for
+        assert record["clients_ok"] == 10 and record["clients_late"] == 2
+        assert record["duration_s"] < 15

@@ -84,3 +84,26 @@ def test_a_pending_actor_alone_adds_a_node_that_goes_once_the_actor_is_killed(cl
     finally:
         ray.kill(actor)
     _wait_gone(cluster)
+
+
+def test_a_run_asks_the_autoscaler_for_its_pool_and_lets_the_nodes_go(cluster, tmp_path):
+    """elasticfl's pool: a pool no node can hold yet gets nodes from the autoscaler; when
+    the run ends, its request is withdrawn and the idle nodes are removed."""
+    import elasticfl
+    from tests.conftest import noisy_config
+
+    assert not _cloud_nodes(cluster)
+    base = noisy_config(rounds=3, clients=8, per_round=8).to_dict()
+    config = elasticfl.RunConfig.from_dict(
+        {
+            **base,
+            "executors": {**base["executors"], "count": None, "placement_timeout_s": SCALE_TIMEOUT_S},
+            "pools": {"cloud": {"resources": {"cloud": 1}, "max": 2}},
+        }
+    )
+    result = elasticfl.run(config, storage=str(tmp_path / "runs"), address=cluster.address)
+    assert result.ok, result.error
+    cloud = {n["NodeID"] for n in cluster.alive_nodes() if "cloud" in n["Resources"]}
+    ran_on = {c["node_id"] for r in result.history for c in r["clients"]}
+    assert ran_on and ran_on <= cloud  # every client ran on a node the autoscaler started
+    _wait_gone(cluster)
