@@ -68,10 +68,11 @@ def _prepare(config: RunConfig, address: str | None, storage: str | None) -> Run
 class RunHandle:
     """A run on the cluster, followed from this driver (or re-attached by run id)."""
 
-    def __init__(self, run_id: str, actor: Any, config: RunConfig | None = None) -> None:
+    def __init__(self, run_id: str, actor: Any, config: RunConfig | None = None, *, owner: bool = True) -> None:
         self.run_id = run_id
         self.config = config
         self._actor = actor
+        self._owner = owner  # the driver that started the run releases its finished controller
         self._seen = 0
         self.history: list[dict[str, Any]] = []
         self._last_status: dict[str, Any] | None = None
@@ -116,9 +117,11 @@ class RunHandle:
                     ) from None
                 time.sleep(0.5)
 
-    def wait(self, on_round: Callable[[dict[str, Any]], None] | None = None, *, release: bool = True) -> RunResult:
-        """Follow the run to its end. ``release=False`` leaves the finished controller for
-        another follower (its own driver) to read and release, as ``elasticfl watch`` does."""
+    def wait(self, on_round: Callable[[dict[str, Any]], None] | None = None, *, release: bool | None = None) -> RunResult:
+        """Follow the run to its end, then release the finished controller (by default only
+        the handle that started the run does: a re-attached follower leaves it for its driver)."""
+        if release is None:
+            release = self._owner
         for record in self.rounds():
             if on_round is not None:
                 on_round(record)
@@ -228,7 +231,7 @@ def attach(run_id: str, *, address: str | None = None, namespace: str = "elastic
         actor = ray.get_actor(controller_name(run_id), namespace=namespace)
     except ValueError:
         raise RunNotFoundError(f"no running controller for run {run_id!r} in namespace {namespace!r}") from None
-    return RunHandle(run_id, actor)
+    return RunHandle(run_id, actor, owner=False)
 
 
 def _store(run_id: str, storage: str | None, endpoint_url: str | None = None) -> CheckpointStore:
