@@ -218,6 +218,7 @@ class _RoundView:
 
     def __init__(self, as_json: bool, rounds: int = 0, done: int = 0, progress: Optional[Progress] = None) -> None:
         self.as_json, self.rounds, self.done, self.progress = as_json, rounds, done, progress
+        self.lost = 0  # executors lost before the last round shown: each line shows the new ones
         if progress is not None:
             info = "starting executors..." if done == 0 else ""
             self.bar = progress.add_task("rounds", total=rounds, completed=done, info=info)
@@ -227,7 +228,8 @@ class _RoundView:
             _emit(_round_line(record))
             return
         console = self.progress.console if self.progress is not None else out
-        console.print(_round_text(record, self.rounds), highlight=False, soft_wrap=True)
+        console.print(_round_text(record, self.rounds, self.lost), highlight=False, soft_wrap=True)
+        self.lost = record.get("executors", {}).get("lost", self.lost)
         if self.progress is not None and record["round"] > self.done:
             # rounds done before the bar appeared do not count towards its speed (the ETA)
             self.done = record["round"]
@@ -240,17 +242,34 @@ def _round_line(record: dict[str, Any]) -> dict[str, Any]:
         **record["metrics"],
         "clients_ok": record["clients_ok"],
         "clients_failed": record["clients_failed"],
+        "clients_late": record.get("clients_late", 0),
+        "unit_retries": record.get("unit_retries", 0),
+        "executors": {name: pool["ready"] for name, pool in record.get("executors", {}).get("pools", {}).items()},
         "duration_s": record["duration_s"],
     }
 
 
-def _round_text(record: dict[str, Any], rounds: int) -> str:
+def _round_text(record: dict[str, Any], rounds: int, lost_before: int = 0) -> str:
     metrics = record["metrics"]
     parts = [f"round {record['round']}/{rounds}" if rounds else f"round {record['round']}"]
     shown = [k for k in ("loss", "accuracy") if k in metrics] or [k for k in ("train_loss",) if k in metrics]
     parts += [f"{'acc' if k == 'accuracy' else k} {metrics[k]:.4f}" for k in shown]
-    parts.append(f"clients {record['clients_ok']} ok / {record['clients_failed']} failed")
+    clients = f"clients {record['clients_ok']} ok / {record['clients_failed']} failed"
+    if record.get("clients_late"):
+        clients += f" / {record['clients_late']} late"
+    parts.append(clients)
     parts.append(f"retries {record.get('unit_retries', 0)}")
+    executors = record.get("executors", {})
+    pools = executors.get("pools", {})
+    if pools:  # ready executors, +those waiting for a node; per pool when there are several
+        counts = {name: f"{p['ready']}" + (f"+{p['starting']}" if p.get("starting") else "") for name, p in pools.items()}
+        if len(counts) == 1:
+            parts.append(f"executors {next(iter(counts.values()))}")
+        else:
+            parts.append("executors " + ", ".join(f"{name} {n}" for name, n in counts.items()))
+    lost = executors.get("lost", 0) - lost_before
+    if lost > 0:
+        parts.append(f"lost {lost}" + (f" ({executors['preempted']} preempted so far)" if executors.get("preempted") else ""))
     parts.append(f"{record['duration_s']:.2f}s")
     return "  ".join(parts)
 
