@@ -442,6 +442,8 @@ def _explain(exc: ValidationError, source: str) -> str:
                 f"  {field}: {ctx.get('tag')!r} is not a known {ctx.get('discriminator', 'kind').strip(chr(39))}; "
                 f"use one of {ctx.get('expected_tags')}"
             )
+        elif not loc:  # a check across sections: its message names the fields itself
+            lines.append(f"  {err['msg'].removeprefix('Value error, ')}")
         else:
             got = err.get("input")
             shown = f" (got {got!r})" if not isinstance(got, dict) and got is not None else ""

@@ -93,3 +93,35 @@ def test_environment_is_read_in_one_place(monkeypatch):
     cfg = RunConfig()
     assert cfg.resolved_storage() == "s3://b/p"
     assert cfg.resolved_endpoint() == "http://127.0.0.1:9"
+
+
+def test_pools_and_client_rules_are_checked_against_each_other():
+    from elasticfl import ConfigError, RunConfig
+
+    pools = {"hpc": {"resources": {"hpc": 1}}, "cloud": {"resources": {"cloud": 1}, "spot": True}}
+    config = RunConfig.from_dict(
+        {"pools": pools, "clients": [{"ids": "0-49", "pool": "hpc"}, {"ids": "50-59,70", "pool": ["cloud", "hpc"]}]}
+    )
+    placement = config.client_pools()
+    assert placement[0] == ("hpc",) and placement[70] == ("cloud", "hpc") and 65 not in placement
+    for bad, message in [
+        ({"pools": pools, "clients": [{"ids": "0-9", "pool": "gpu"}]}, "clients.0.pool: unknown pool 'gpu'"),
+        ({"pools": pools, "clients": [{"ids": "0-9", "pool": "hpc"}, {"ids": "9", "pool": "cloud"}]},
+         "client 9 is already placed by clients.0"),
+        ({"pools": pools, "clients": [{"ids": "95-105", "pool": "hpc"}]}, "client 100 does not exist"),
+        ({"pools": pools, "clients": [{"ids": "9-3", "pool": "hpc"}]}, "write it low-high"),
+        ({"pools": {"hpc": {"num_cpu": 1}}}, "pools.hpc.num_cpu: unknown field. Did you mean 'num_cpus'?"),
+        ({"pools": {"hpc": {"min": 3, "max": 1}}}, "min (3) exceeds max (1)"),
+        ({"pools": pools, "executors": {"count": 2}}, "set pools.<name>.min / max"),
+        ({"clients": [{"ids": "0", "pool": "hpc"}]}, "no `pools` section"),
+    ]:
+        with pytest.raises(ConfigError) as err:
+            RunConfig.from_dict(bad)
+        assert message in str(err.value), str(err.value)
+
+
+def test_without_pools_the_executors_section_is_the_one_pool():
+    from elasticfl import RunConfig
+
+    [(name, pool)] = RunConfig.from_dict({"executors": {"count": 3, "num_gpus": 0.5}}).pool_shapes().items()
+    assert name == "default" and pool.min == pool.max == 3 and pool.num_gpus == 0.5
