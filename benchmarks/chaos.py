@@ -4,12 +4,12 @@
     .venv/bin/python benchmarks/chaos.py --seed 1 --out chaos.json
     .venv/bin/python benchmarks/chaos.py --graceful            # drain (preemption notice) before each kill
 
-Starts a ray.cluster_utils.Cluster on this machine (a head that holds the
-controller, and worker nodes with a "pool" resource that hold the executors),
+Starts a ray.cluster_utils.Cluster on this machine (a head, where the controller
+asks to run, and worker nodes with a "pool" resource that hold the executors),
 runs one config twice on it: fault-free, then with a seeded chaos monkey that
 kills a random worker node (the whole machine: raylet and every process under
 it) every --interval seconds and adds a fresh node --replace-after seconds
-later. Reports rounds completed, units retried, executors replaced, controller
+later. Reports rounds completed, units retried, executors lost (and replaced), controller
 restarts, time lost per fault, and whether the final weights are bit-identical.
 Exit status 1 if the chaos run did not complete or its weights differ.
 """
@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import random
-import signal
 import statistics
 import sys
 import tempfile
@@ -33,6 +32,7 @@ from ray.cluster_utils import Cluster
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 import elasticfl  # noqa: E402
+from elasticfl.testing.faults import drain_for_preemption, lose_machine  # noqa: E402
 
 NAMESPACE = "elasticfl-chaos"
 WORKER = {"num_cpus": 1, "resources": {"pool": 1}}
@@ -66,40 +66,13 @@ def make_config(args) -> elasticfl.RunConfig:
 
 
 # -- faults ----------------------------------------------------------------------------
-def lose_machine(cluster: Cluster, node) -> None:
-    """The node's machine is gone: SIGKILL the raylet's whole process tree at once
-    (Cluster.remove_node alone leaves the worker processes to notice later).
-    Same semantics as tests/integration/test_multinode.py::_lose_machine."""
-    raylets = [p.process.pid for p in node.all_processes["raylet"]]
-    parents = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
-            except OSError:
-                pass
-    doomed, frontier = set(), list(raylets)
-    while frontier:
-        pid = frontier.pop()
-        doomed.add(pid)
-        frontier.extend(child for child, parent in parents.items() if parent == pid and child not in doomed)
-    for pid in doomed - set(raylets):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    cluster.remove_node(node, allow_graceful=False)
-
-
 def drain(cluster: Cluster, node, deadline_s: float) -> tuple[bool, str]:
     """Ray's preemption notice (what `ray drain-node --reason DRAIN_NODE_REASON_PREEMPTION` sends)."""
-    from ray.core.generated import autoscaler_pb2
-
-    gcs = ray._raylet.GcsClient(address=cluster.gcs_address)
-    deadline_ms = time.time_ns() // 1_000_000 + int(deadline_s * 1000)
-    reason = autoscaler_pb2.DrainNodeReason.Value("DRAIN_NODE_REASON_PREEMPTION")
-    return gcs.drain_node(node.node_id, reason, "chaos", deadline_ms)
+    try:
+        drain_for_preemption(cluster.gcs_address, node.node_id, deadline_s, "chaos")
+    except RuntimeError as exc:
+        return False, str(exc)
+    return True, ""
 
 
 class ChaosMonkey:
@@ -111,7 +84,7 @@ class ChaosMonkey:
 
     def __init__(self, cluster: Cluster, args) -> None:
         self.cluster, self.args = cluster, args
-        self.progress = {"round": 0, "t0": time.time()}  # one_run shares its own
+        self.progress: dict = {}  # the run's progress, shared by one_run
         self.rng = random.Random(args.seed)
         self.faults: list[dict] = []
         self.error: str | None = None
@@ -153,6 +126,20 @@ class ChaosMonkey:
         print(f"  chaos: node {joined.node_id[:8]} joined at {fault['replaced_at_s']} s", flush=True)
 
 
+def _lost(executors: dict) -> int:
+    """Executors lost so far by the pool (older elasticfl versions call it "replaced")."""
+    return executors.get("lost", executors.get("replaced", 0))
+
+
+def _count(history: list[dict], counter) -> int:
+    """Sum a pool counter over a run: a restarted controller's new pool starts again from 0."""
+    total = prev = 0
+    for record in history:
+        cur = counter(record["executors"])
+        total, prev = total + (cur - prev if cur >= prev else cur), cur
+    return total
+
+
 def _actor_node(handle) -> str | None:
     """The node the run's controller actor lives on now (the GCS's actor table)."""
     try:
@@ -178,9 +165,9 @@ def one_run(config, storage: str, timeout_s: float, monkey: ChaosMonkey | None =
         progress["controller_node"] = node = _actor_node(outcome["handle"])
         if "controller_nodes" not in progress or progress["controller_nodes"][-1] != node:
             progress.setdefault("controller_nodes", []).append(node)
+        e = record["executors"]
         print(f"  round {record['round']:3d}  {record['duration_s']:6.2f} s  retries {record['unit_retries']}  "
-              f"executors {record['executors']['ready']}/{record['executors']['executors']} "
-              f"replaced {record['executors']['replaced']}", flush=True)
+              f"executors {e['ready']}/{e['executors']} lost {_lost(e)}", flush=True)
         first_round.set()  # faults hit training, not start-up
 
     def follow():
@@ -208,7 +195,8 @@ def one_run(config, storage: str, timeout_s: float, monkey: ChaosMonkey | None =
     out: dict = {"run_id": outcome.get("run_id"), "wall_s": round(wall, 2), "hung": follower.is_alive(),
                  "exception": outcome.get("exception"),
                  # where the controller ran (it asks for the head, softly): one entry per placement
-                 "controller_nodes": ["head" if n == head else n for n in nodes]}
+                 "controller_nodes": ["head" if n == head else n for n in nodes],
+                 "controller_restarts": max(0, len(nodes) - 1)}
     if monkey is not None:
         out["faults"] = monkey.faults
         out["monkey_error"] = monkey.error
@@ -218,10 +206,7 @@ def one_run(config, storage: str, timeout_s: float, monkey: ChaosMonkey | None =
         return out
     h = result.history
     ends = [r["started_at"] + r["duration_s"] for r in h]
-    replaced, prev = 0, 0
-    for r in h:  # a restarted controller has a new pool whose count starts at 0 again
-        cur = r["executors"]["replaced"]
-        replaced, prev = replaced + (cur - prev if cur >= prev else cur), cur
+    lost, preempted = _count(h, _lost), _count(h, lambda e: e.get("preempted", 0))
     median = statistics.median(r["duration_s"] for r in h) if h else None
     out.update(
         state=result.state, error=result.error, rounds_completed=result.round,
@@ -229,19 +214,25 @@ def one_run(config, storage: str, timeout_s: float, monkey: ChaosMonkey | None =
         median_round_s=round(median, 3) if h else None,
         max_round_s=round(max(r["duration_s"] for r in h), 3) if h else None,
         units_retried=sum(r["unit_retries"] for r in h),
-        executors_replaced=replaced,
+        executors_lost=lost,
+        executors_lost_as_preempted=preempted,
         clients_ok_min=min(r["clients_ok"] for r in h) if h else None,
+        clients_not_ok=sum(r["clients_failed"] + r.get("clients_late", 0) for r in h),
         resumed_from=result.resumed_from,
         weights_sha256=result.weights_sha256,
         # the rounds a fault hit: when (since submit), how long, where the time went
         slow_rounds=[{"round": r["round"], "start_s": round(r["started_at"] - t0, 2),
                       "duration_s": round(r["duration_s"], 2), "retries": r["unit_retries"],
                       "phases_s": {k: round(v, 2) for k, v in r["phases_s"].items()},
-                      "executors": {k: v for k, v in r["executors"].items() if k != "nodes"}}
+                      "executors": {k: v for k, v in r["executors"].items() if k not in ("nodes", "pools")}}
                      for r in h if r["duration_s"] > 1.3 * median],
         durations_s=[round(r["duration_s"], 3) for r in h],
         # each round's wall time from the end of the one before: gaps (a controller restart) included
         round_wall_s=[round(b - a, 3) for a, b in zip([h[0]["started_at"]] + ends, ends)],
+        round_end_s=[round(e - t0, 2) for e in ends],
+        # node id -> the rounds in which some client trained there
+        node_rounds={n: sorted({r["round"] for r in h if any(c["node_id"] == n for c in r["clients"])})
+                     for n in {c["node_id"] for r in h for c in r["clients"]}},
     )
     return out
 
@@ -264,7 +255,7 @@ def main() -> int:
 
     t_start = time.monotonic()
     cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 1,  # the controller (num_cpus=0) lives here; no "pool", so no executor
+        "num_cpus": 1,  # no "pool": no executor here; the controller asks for the head (soft affinity)
         "include_dashboard": False,
         # Detect a dead node in ~1.5 s, as the multi-node tests do (Ray's default is ~15 s+).
         "_system_config": {"health_check_period_ms": 500, "health_check_failure_threshold": 3},
@@ -288,12 +279,12 @@ def main() -> int:
     base, chaos = report["fault_free"], report["chaos"]
     faults = len(chaos.get("faults", []))
     completed = base.get("state") == "completed" and chaos.get("state") == "completed"
-    if completed:  # each fault's share: the excess wall time of the rounds from its kill to the next fault's
-        typical = statistics.median(base["round_wall_s"])
-        walls = chaos["round_wall_s"]
-        kills = [f["round_at_kill"] for f in chaos["faults"]] + [len(walls) + 1]
-        for fault, a, b in zip(chaos["faults"], kills, kills[1:]):
-            fault["lost_s"] = round(sum(w - typical for w in walls[a - 1:b - 1]), 2)
+    if completed:
+        for fault, lost in zip(chaos["faults"], _lost_per_fault(base, chaos)):
+            fault["lost_s"] = lost
+            # after a drain notice, was the node still given work? (and none after its death)
+            fault["rounds_on_node_after_notice"] = [
+                r for r in chaos["node_rounds"].get(fault["node_id"], []) if r >= fault["round_in_flight"]]
     report["summary"] = {
         "completed": completed,
         "weights_match": completed and base["weights_sha256"] == chaos["weights_sha256"],
@@ -307,13 +298,30 @@ def main() -> int:
     return 0 if report["summary"]["weights_match"] else 1
 
 
+def _lost_per_fault(base: dict, chaos: dict) -> list[float]:
+    """Each round's wall time beyond the fault-free median, charged to the first fault that
+    struck during the round, else to the last one before it (a rough split of the total)."""
+    typical = statistics.median(base["round_wall_s"])
+    kills = [f["killed_at_s"] for f in chaos["faults"]]
+    lost = [0.0] * len(kills)
+    for wall, end in zip(chaos["round_wall_s"], chaos["round_end_s"]):
+        during = [i for i, k in enumerate(kills) if end - wall < k <= end]
+        before = [i for i, k in enumerate(kills) if k <= end - wall]
+        if during or before:
+            lost[during[0] if during else before[-1]] += wall - typical
+    return [round(x, 2) for x in lost]
+
+
 def _print_table(report: dict) -> None:
     base, chaos, s = report["fault_free"], report["chaos"], report["summary"]
     rows = [("state", "state"), ("rounds completed", "rounds_completed"), ("wall s (submit to result)", "wall_s"),
             ("span s (round 1 to end)", "span_s"), ("median round s", "median_round_s"),
             ("max round s", "max_round_s"), ("units retried", "units_retried"),
-            ("executors replaced", "executors_replaced"), ("controller resumed from", "resumed_from"),
-            ("min clients ok", "clients_ok_min"), ("controller nodes", "controller_nodes"),
+            ("executors lost", "executors_lost"), ("  of them as preempted", "executors_lost_as_preempted"),
+            ("controller restarts", "controller_restarts"),
+            ("controller resumed from", "resumed_from"),
+            ("min clients ok a round", "clients_ok_min"), ("client updates missing", "clients_not_ok"),
+            ("controller nodes", "controller_nodes"),
             ("weights sha256", "weights_sha256")]
     print(f"\n{'':28s} {'fault-free':>14s} {'chaos':>14s}")
     for label, key in rows:

@@ -8,6 +8,7 @@ config error, 3 the run was not found, 4 the cluster or storage could not be rea
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import time
 from pathlib import Path
@@ -111,6 +112,8 @@ def run(
         handle = elasticfl.submit(cfg, run_id=run_id, resume=resume, address=address, storage=storage, quiet=True)
         if not as_json:
             out.print(f"run [bold]{handle.run_id}[/] started ({cfg.run.rounds} rounds)", highlight=False)
+        # `ray job stop`, Slurm and Kubernetes end a driver with SIGTERM: a graceful stop, as Ctrl-C is.
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
         result = _follow(handle, as_json)
     except ElasticFLError as exc:
         _fail(exc)
@@ -443,6 +446,13 @@ def checkpoints(
         created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info.created_at))
         table.add_row(str(info.round), valid, f"{info.size_bytes / 1e6:.2f} MB", created, info.uri)
     out.print(table)
+
+
+# Commands kept in modules of their own: report; submit and runs; serve.
+from . import _jobs, _report, _serve  # noqa: E402  (they use _fail, defined above)
+
+for _commands in (_report, _jobs, _serve):
+    _commands.register(app, _fail)
 
 
 def main() -> None:

@@ -17,16 +17,20 @@ from .weights import weights_sha256
 __version__ = "0.1.0"
 
 _API = ("run", "submit", "attach", "status", "stop", "checkpoints", "RunHandle", "RunResult")
+_API += ("submit_job", "runs", "SubmittedJob")  # a run as a Ray job; every run a cluster or storage knows
 
 __all__ = [
     "RunConfig",
     "weights_sha256",
     *_errors.__all__,
     *_API,
+    "serve",
 ]
 
 
 def __getattr__(name: str) -> Any:
     if name in _API:
         return getattr(import_module(".api", __name__), name)
+    if name == "serve":  # elasticfl.serve(...) deploys the Ray Serve app (elasticfl/serving)
+        return import_module(".serving", __name__).serve
     raise AttributeError(f"module 'elasticfl' has no attribute {name!r}")

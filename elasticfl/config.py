@@ -416,14 +416,16 @@ class Environment:
     storage: str | None  # ELASTICFL_STORAGE: default checkpoint storage
     s3_endpoint_url: str | None  # AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL
     ray_address: str | None  # RAY_ADDRESS: the cluster the CLI talks to
+    serve_token: str | None = None  # ELASTICFL_SERVE_TOKEN (or the variable named): the Serve app's bearer token
 
     @classmethod
-    def read(cls) -> "Environment":
+    def read(cls, serve_token_var: str = "ELASTICFL_SERVE_TOKEN") -> "Environment":
         e = os.environ
         return cls(
             storage=e.get("ELASTICFL_STORAGE") or None,
             s3_endpoint_url=e.get("AWS_ENDPOINT_URL_S3") or e.get("AWS_ENDPOINT_URL") or None,
             ray_address=e.get("RAY_ADDRESS") or None,
+            serve_token=e.get(serve_token_var) or None,
         )
 
 

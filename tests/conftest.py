@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from elasticfl import RunConfig
+from elasticfl.testing.faults import drain_for_preemption, lose_machine  # noqa: F401  (for the tests)
 
 
 @pytest.fixture(scope="session")
@@ -35,31 +36,3 @@ def noisy_config(rounds: int = 4, clients: int = 12, per_round: int = 6, unit_si
             "executors": {"unit_size": unit_size, "count": 2},
         }
     )
-
-
-def lose_machine(cluster, node) -> None:
-    """A node's machine is gone: every process on it dies at once, workers included
-    (Cluster.remove_node alone leaves the raylet's worker processes to notice later)."""
-    import os
-    import signal
-
-    raylets = [p.process.pid for p in node.all_processes["raylet"]]
-    parents = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
-            except OSError:
-                pass
-    doomed, frontier = set(), list(raylets)
-    while frontier:
-        pid = frontier.pop()
-        doomed.add(pid)
-        frontier.extend(child for child, parent in parents.items() if parent == pid and child not in doomed)
-    for pid in doomed - set(raylets):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    cluster.remove_node(node, allow_graceful=False)

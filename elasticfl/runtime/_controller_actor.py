@@ -2,10 +2,12 @@
 
 Its methods answer status and stop requests while the loop runs. If the actor
 is restarted (its node died), it reloads the run from the latest checkpoint.
+After each round it updates the run's Ray metrics (see ``_metrics``).
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Any
 
@@ -13,10 +15,13 @@ import ray
 
 from ..checkpoint import CheckpointStore
 from ..config import RunConfig
-from ..controller import Controller
+from ..controller import Controller, RunState
+from ._metrics import RayMetricsSink, RoundMetrics
 from ._pool import RayExecutorPool
 
 __all__ = ["ControllerActor", "make_store"]
+
+log = logging.getLogger("elasticfl.controller")
 
 
 def make_store(config: RunConfig, run_id: str) -> CheckpointStore:
@@ -37,7 +42,7 @@ class ControllerActor:
         self._linger_s = linger_s
         self._released = threading.Event()
         self._pool: RayExecutorPool | None = None
-        self.controller = Controller(
+        self.controller = _MeteredController(
             self.config, run_id, _LazyPool(self), make_store(self.config, run_id), resume=resume or restarted
         )
         self._thread = threading.Thread(target=self._main, name="elasticfl-rounds", daemon=True)
@@ -75,6 +80,31 @@ class ControllerActor:
     def release(self) -> None:
         """The driver has read the outcome; the actor may exit once the run is over."""
         self._released.set()
+
+
+class _MeteredController(Controller):
+    """The plain round loop, reporting each round to Ray's metrics (the Controller knows no Ray)."""
+
+    def __init__(self, config: RunConfig, run_id: str, *args: Any, **kwargs: Any) -> None:
+        super().__init__(config, run_id, *args, **kwargs)
+        self._metrics = RoundMetrics(run_id, config.run.rounds)
+        self._sink = RayMetricsSink()
+
+    def start(self) -> None:
+        super().start()
+        # A resumed run reloaded the rounds its earlier controller ran (and counted): gauges only.
+        self._report(self._metrics.resumed, self.history)
+
+    def step(self) -> RunState:
+        state = super().step()
+        self._report(self._metrics.round, self.history[-1])
+        return state
+
+    def _report(self, updates: Any, arg: Any) -> None:
+        try:  # metrics are a report: never fail a run over them
+            self._sink.apply(updates(arg))
+        except Exception as exc:
+            log.error("run %s: could not report metrics: %s: %s", self.run_id, type(exc).__name__, exc)
 
 
 class _LazyPool:

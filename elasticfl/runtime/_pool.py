@@ -130,12 +130,14 @@ class RayExecutorPool:
         """Start executors where nodes can hold them and there is work; withdraw unplaced
         ones that no longer have a node or work (they would hold autoscaler demand)."""
         self._read_nodes(force)
+        # Draining nodes are as good as gone: their executors are replaced during the notice.
+        staying = [n for n in self._nodes if n["NodeID"] not in self._draining]
         for name, shape in self._shapes.items():
             # A pool with work but no node that fits still gets one executor: it waits for a
             # node (an autoscaler's, a batch job's) and turns "never placed" into a clear error.
-            fit = max(1, executors_that_fit(shape, self._nodes))
+            fit = max(1, executors_that_fit(shape, staying))
             want = max(shape.min, min(work[name], fit, shape.max or math.inf))
-            mine = [e for e in self._executors.values() if e.pool == name]
+            mine = [e for e in self._executors.values() if e.pool == name and e.node_id not in self._draining]
             for _ in range(want - len(mine)):
                 self._spawn(name)
             extra = len(mine) - want

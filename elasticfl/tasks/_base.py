@@ -15,7 +15,7 @@ import numpy as np
 from ..errors import TaskError
 from ..weights import Weights
 
-__all__ = ["Task", "ClientData", "TrainContext", "TrainResult", "load_object"]
+__all__ = ["Task", "Predictor", "ClientData", "TrainContext", "TrainResult", "load_object"]
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,20 @@ class Task(Protocol):
     def train(self, weights: Weights, data: ClientData, ctx: TrainContext) -> TrainResult: ...
 
     def evaluate(self, weights: Weights, data: ClientData) -> dict[str, float]: ...
+
+
+@runtime_checkable
+class Predictor(Protocol):
+    """Optional, next to the Task methods: answer predictions with given weights.
+
+    ``elasticfl serve`` uses it for ``POST /predict``. A task may also define
+    ``input_shape(weights) -> tuple[int, ...] | None``, the shape of one input row
+    (``(64,)`` for digits), so that requests of the wrong shape are refused with a
+    clear message before the model sees them; None (or no such method) means unknown.
+    """
+
+    def predict(self, weights: Weights, x: np.ndarray) -> np.ndarray:
+        """``x``: a float32 batch, shape (n, *row shape); returns an array with n rows."""
 
 
 def load_object(path: str, what: str) -> Any:

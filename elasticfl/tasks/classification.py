@@ -42,6 +42,8 @@ class ClassificationTask:
         self._device = torch.device("cpu")
         self._train_fn: Callable | None = load_object(config.train, "task.train") if config.train else None
         self._eval_fn: Callable | None = load_object(config.evaluate, "task.evaluate") if config.evaluate else None
+        self._dims: tuple[int, int] | None = None  # (input_dim, num_classes) of the model built
+        self._serving: Weights | None = None  # the weights predict() last loaded into the model
 
     # -- model -------------------------------------------------------------------
     def _factory(self) -> Callable[..., nn.Module]:
@@ -64,12 +66,14 @@ class ClassificationTask:
         # The GPU Ray assigned this executor (executors.num_gpus), else the CPU.
         self._device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self._model = self._factory()(input_dim, num_classes, list(self.config.hidden)).to(self._device)
+        self._dims = (input_dim, num_classes)
         self._tensors = list(self._model.state_dict().values())  # model order, shared storage
         cfg = self.config
         self._opt = torch.optim.SGD(self._model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         return self._model
 
     def _load(self, weights: Weights, data: ClientData) -> nn.Module:
+        self._serving = None  # the model's tensors are about to change
         if self._model is None:  # an executor that did not initialise the run builds the skeleton here
             self._build(data.x.shape[1], data.num_classes)
         if len(self._tensors) != len(weights):
@@ -143,3 +147,46 @@ class ClassificationTask:
             loss = nn.functional.cross_entropy(logits, torch.from_numpy(data.y).to(self._device))
             acc = (logits.argmax(1).cpu().numpy() == data.y).mean()
         return {"loss": float(loss), "accuracy": float(acc)}
+
+    # -- serving -----------------------------------------------------------------
+    def input_shape(self, weights: Weights) -> tuple[int, ...] | None:
+        """One input row's shape: (input_dim,), read off the first layer of ``mlp``/``linear``
+        (their first array is a (width, input_dim) matrix); None for a ``task.model`` factory."""
+        if self.config.model in ("mlp", "linear") and weights and np.ndim(weights[0]) == 2:
+            return (int(np.shape(weights[0])[1]),)
+        return None
+
+    def predict(self, weights: Weights, x: np.ndarray) -> np.ndarray:
+        """Class probabilities (softmax of the logits), float32, shape (n, num_classes).
+
+        ``x`` is a float32 batch of shape (n, input_dim), scaled as the training data
+        was (digits: pixels / 16). The argmax of a row is its predicted label. The model
+        is built with input_dim from ``x`` and num_classes from the last (bias) array.
+        Calls with the same ``weights`` object reuse the model loaded by the first one.
+        """
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if x.ndim != 2:
+            raise TaskError(f"predict takes a batch of shape (n, input_dim); got shape {x.shape}")
+        if not weights or np.ndim(weights[-1]) != 1:
+            raise TaskError("predict: the weights' last array should be the output bias (num_classes,)")
+        if self._serving is not weights or self._dims is None or self._dims[0] != x.shape[1]:
+            num_classes = int(np.shape(weights[-1])[0])
+            if self._model is None or self._dims != (x.shape[1], num_classes):
+                self._build(x.shape[1], num_classes)
+            try:
+                self._load(weights, ClientData(x[:0], np.empty(0, np.int64), num_classes))
+            except (TaskError, ValueError, RuntimeError) as exc:
+                raise TaskError(
+                    f"the weights do not fit task.model={self.config.model!r} built for rows of "
+                    f"{x.shape[1]} values and {num_classes} classes: {exc}"
+                ) from exc
+            self._serving = weights
+        model = self._model
+        if model.training:
+            model.eval()
+        with torch.no_grad():
+            try:
+                logits = model(torch.from_numpy(x).to(self._device))
+            except RuntimeError as exc:  # e.g. a task.model factory's layers do not fit the rows
+                raise TaskError(f"task.model={self.config.model!r} cannot take rows of shape {x.shape[1:]}: {exc}") from exc
+            return torch.softmax(logits.float(), dim=1).cpu().numpy()

@@ -32,7 +32,7 @@ def _reference_digest(tmp_path: Path) -> str:
     return c.status()["weights_sha256"]
 
 
-def _run_cli(args: list[str], env: dict, kill_after_round: int | None = None) -> list[dict]:
+def _run_cli(args: list[str], env: dict, kill_after_round: int | None = None, sig: int = signal.SIGKILL) -> list[dict]:
     proc = subprocess.Popen(
         CLI + args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, start_new_session=True
     )
@@ -43,8 +43,9 @@ def _run_cli(args: list[str], env: dict, kill_after_round: int | None = None) ->
             if line.startswith("{"):
                 lines.append(json.loads(line))
                 if kill_after_round is not None and lines[-1].get("round") == kill_after_round:
-                    os.kill(proc.pid, signal.SIGKILL)  # the driver alone, mid-run
-                    break
+                    os.kill(proc.pid, sig)  # the driver alone, mid-run
+                    if sig == signal.SIGKILL:
+                        break
         proc.wait(timeout=300)
     finally:
         time.sleep(1)
@@ -52,7 +53,7 @@ def _run_cli(args: list[str], env: dict, kill_after_round: int | None = None) ->
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    if kill_after_round is None:
+    if kill_after_round is None or sig != signal.SIGKILL:
         assert proc.returncode == 0, lines
     else:
         assert proc.returncode == -signal.SIGKILL
@@ -85,3 +86,18 @@ def test_sigkill_then_resume_on_s3(tmp_path, s3_endpoint):
     env = {**os.environ, "AWS_ENDPOINT_URL": endpoint}
     env.pop("RAY_ADDRESS", None)
     _kill_and_resume(tmp_path, f"{prefix}/kill-{int(time.time())}", env)
+
+
+def test_sigterm_stops_gracefully_and_resume_finishes_the_same(tmp_path):
+    """`ray job stop`, Slurm and Kubernetes send the driver SIGTERM: the run stops after the
+    round in flight, checkpointed, and `--resume` goes on from there."""
+    env = {**os.environ}
+    env.pop("RAY_ADDRESS", None)
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(noisy_config(rounds=ROUNDS, sleep_s=0.05).to_yaml())
+    base = ["run", str(cfg), "--json", "--storage", str(tmp_path / "runs"), "--run-id", "termed"]
+    stopped = _run_cli(base, env, kill_after_round=2, sig=signal.SIGTERM)[-1]
+    assert stopped["state"] == "stopped" and 2 <= stopped["round"] < ROUNDS
+    assert stopped["checkpoint"].endswith(f"round-{stopped['round']:08d}")
+    final = _run_cli(base + ["--resume"], env)[-1]
+    assert final["state"] == "completed" and final["weights_sha256"] == _reference_digest(tmp_path)

@@ -12,7 +12,7 @@ import elasticfl
 from elasticfl.checkpoint import CheckpointStore
 from elasticfl.controller import Controller
 from elasticfl.worker import InProcessPool
-from tests.conftest import lose_machine, noisy_config
+from tests.conftest import drain_for_preemption, lose_machine, noisy_config
 
 
 @pytest.fixture(scope="module")
@@ -93,22 +93,6 @@ def test_a_pool_no_node_can_hold_is_named_instead_of_waited_on(cluster, tmp_path
     assert time.monotonic() - started < 60
 
 
-def _drain(cluster, node, deadline_s: float) -> None:
-    """What a spot notice or a Slurm job's end does (`ray drain-node --reason
-    DRAIN_NODE_REASON_PREEMPTION`): tell Ray the node goes away soon."""
-    import ray
-    from ray.core.generated import autoscaler_pb2
-
-    gcs = ray._raylet.GcsClient(address=cluster.address)
-    accepted, why = gcs.drain_node(
-        node.node_id,
-        autoscaler_pb2.DrainNodeReason.Value("DRAIN_NODE_REASON_PREEMPTION"),
-        "spot instance reclaimed",
-        int((time.time() + deadline_s) * 1000),
-    )
-    assert accepted, why
-
-
 def test_a_node_drained_for_preemption_loses_nothing(cluster, tmp_path):
     spot = [cluster.add_node(num_cpus=1, resources={"spot": 1}) for _ in range(2)]
     cluster.wait_for_nodes()
@@ -124,7 +108,7 @@ def test_a_node_drained_for_preemption_loses_nothing(cluster, tmp_path):
         for record in rounds:
             if record["round"] >= 2:
                 break
-        _drain(cluster, spot[0], deadline_s=1)
+        drain_for_preemption(cluster.address, spot[0].node_id, deadline_s=1, message="spot instance reclaimed")
         time.sleep(1)
         lose_machine(cluster, spot[0])  # the deadline passed: the VM is gone
         spot.append(cluster.add_node(num_cpus=1, resources={"spot": 1}))  # a new spot node

@@ -10,7 +10,7 @@ def test_exported_names_are_pinned():
             "RunConfig", "weights_sha256", "ElasticFLError", "ConfigError", "CheckpointError",
             "CheckpointNotFoundError", "StorageError", "RunNotFoundError", "RunFailedError",
             "ClusterError", "TaskError", "run", "submit", "attach", "status",
-            "stop", "checkpoints", "RunHandle", "RunResult",
+            "stop", "checkpoints", "RunHandle", "RunResult", "submit_job", "runs", "SubmittedJob", "serve",
         ]
     )
 
