@@ -18,7 +18,8 @@ from rich.console import Console
 from rich.table import Table
 
 import elasticfl
-from elasticfl.api import runs as list_runs, submit_job
+from elasticfl.api import runs as list_runs
+from elasticfl.jobs import submit_job
 from elasticfl.errors import ElasticFLError
 
 EXIT_USAGE = 2

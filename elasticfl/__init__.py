@@ -17,18 +17,22 @@ from .weights import weights_sha256
 __version__ = "0.1.0"
 
 _API = ("run", "submit", "attach", "status", "stop", "checkpoints", "RunHandle", "RunResult")
-_API += ("submit_job", "runs", "SubmittedJob")  # a run as a Ray job; every run a cluster or storage knows
+_API += ("runs",)  # every run a cluster or storage knows
+_JOBS = ("submit_job", "SubmittedJob")  # a run as a Ray job (elasticfl/jobs.py)
 
 __all__ = [
     "RunConfig",
     "weights_sha256",
     *_errors.__all__,
     *_API,
+    *_JOBS,
     "serve",
 ]
 
 
 def __getattr__(name: str) -> Any:
+    if name in _JOBS:
+        return getattr(import_module(".jobs", __name__), name)
     if name in _API:
         return getattr(import_module(".api", __name__), name)
     if name == "serve":  # elasticfl.serve(...) deploys the Ray Serve app (elasticfl/serving)

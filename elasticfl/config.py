@@ -27,6 +27,7 @@ __all__ = [
     "CustomTaskConfig",
     "DataConfig",
     "PartitionConfig",
+    "SyntheticConfig",
     "CohortConfig",
     "ExecutorShape",
     "ExecutorConfig",
@@ -35,6 +36,10 @@ __all__ = [
     "DEFAULT_POOL",
     "FedAvgConfig",
     "FedAvgMConfig",
+    "FedProxConfig",
+    "FedAdamConfig",
+    "FedYogiConfig",
+    "FedAdagradConfig",
     "StrategyConfig",
     "CheckpointConfig",
     "ClusterConfig",
@@ -125,18 +130,41 @@ class PartitionConfig(_Section):
         )
 
 
+class SyntheticConfig(_Section):
+    """Synthetic(alpha, beta) of the FedProx paper: one device's data per client."""
+
+    alpha: float = Field(1.0, ge=0)  # spread of the devices' models (u_k ~ N(0, alpha))
+    beta: float = Field(1.0, ge=0)  # spread of the devices' inputs (B_k ~ N(0, beta))
+
+
 class DataConfig(_Section):
-    dataset: str = "digits"  # digits | mnist | cifar10 | none | import path returning a Dataset
+    dataset: str = "digits"  # digits | mnist | cifar10 | synthetic | none | import path returning a Dataset
     root: str | None = None  # folder holding mnist/cifar10 files
     num_clients: int = Field(100, ge=1)
     partition: PartitionConfig = Field(default_factory=PartitionConfig)
+    synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)  # dataset: synthetic only
 
     @field_validator("dataset")
     @classmethod
     def _dataset(cls, v: str) -> str:
-        if v in ("digits", "mnist", "cifar10", "none"):
+        if v in ("digits", "mnist", "cifar10", "synthetic", "none"):
             return v
-        return _check_import_path(v, "dataset (or one of digits, mnist, cifar10, none)")  # type: ignore[return-value]
+        return _check_import_path(v, "dataset (or one of digits, mnist, cifar10, synthetic, none)")  # type: ignore[return-value]
+
+    @model_validator(mode="after")
+    def _natural(self) -> "DataConfig":
+        if self.dataset == "synthetic" and self.partition.name != "iid":
+            raise ValueError(
+                "data.dataset 'synthetic' is split per device already (client k gets device k's rows); "
+                "remove data.partition.name"
+            )
+        return self
+
+    def loader_params(self, seed: int) -> dict[str, Any]:
+        """What load_dataset passes the data set's loader besides root."""
+        if self.dataset == "synthetic":
+            return {"num_devices": self.num_clients, "alpha": self.synthetic.alpha, "beta": self.synthetic.beta, "seed": seed}
+        return {}
 
 
 class CohortConfig(_Section):
@@ -268,7 +296,36 @@ class FedAvgMConfig(_WeightedMeanConfig):
     momentum: float = Field(0.9, ge=0, lt=1)
 
 
-StrategyConfig = Annotated[Union[FedAvgConfig, FedAvgMConfig], Field(discriminator="name")]
+class FedProxConfig(_WeightedMeanConfig):
+    name: Literal["fedprox"]
+    mu: float = Field(0.01, ge=0)  # proximal coefficient: clients minimise loss + (mu/2)·||w - w_global||²
+
+
+class _ServerOptConfig(_WeightedMeanConfig):
+    # Reddi et al. 2021, Algorithm 2: eta, beta1, tau as in its experiments (tau there: 1e-3).
+    server_lr: float = Field(0.1, gt=0)
+    beta1: float = Field(0.9, ge=0, lt=1)
+    tau: float = Field(1e-3, gt=0)
+
+
+class FedAdamConfig(_ServerOptConfig):
+    name: Literal["fedadam"]
+    beta2: float = Field(0.99, ge=0, lt=1)
+
+
+class FedYogiConfig(_ServerOptConfig):
+    name: Literal["fedyogi"]
+    beta2: float = Field(0.99, ge=0, lt=1)
+
+
+class FedAdagradConfig(_ServerOptConfig):
+    name: Literal["fedadagrad"]
+
+
+StrategyConfig = Annotated[
+    Union[FedAvgConfig, FedAvgMConfig, FedProxConfig, FedAdamConfig, FedYogiConfig, FedAdagradConfig],
+    Field(discriminator="name"),
+]
 
 
 class CheckpointConfig(_Section):
@@ -455,7 +512,7 @@ def _explain(exc: ValidationError, source: str) -> str:
 
 def _is_union_tag(part: Any) -> bool:
     # pydantic puts the discriminator value ("fedavg", "classification") in the location path.
-    return part in ("fedavg", "fedavgm", "classification", "custom")
+    return part in ("fedavg", "fedavgm", "fedprox", "fedadam", "fedyogi", "fedadagrad", "classification", "custom")
 
 
 def _suggest(loc: list[str]) -> str:

@@ -13,14 +13,14 @@ import inspect
 import os
 import pickle
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 
 from elasticfl.errors import ConfigError
 
-__all__ = ["Dataset", "load_digits", "load_mnist", "load_cifar10", "read_idx", "load_dataset"]
+__all__ = ["Dataset", "load_digits", "load_mnist", "load_cifar10", "load_synthetic", "read_idx", "load_dataset"]
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,8 @@ class Dataset:
     x_test: np.ndarray
     y_test: np.ndarray
     num_classes: int
+    # A natural partition: client k's rows of x_train. None: the run's data.partition splits the rows.
+    client_rows: tuple[np.ndarray, ...] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # Catch a bad custom loader here, not rounds later inside an executor.
@@ -201,15 +203,56 @@ def load_cifar10(root: str, download: bool = False) -> Dataset:
     return Dataset("cifar10", x_tr, y_tr, x_te, y_te, 10)
 
 
-_BUILTIN = {"digits": load_digits, "mnist": load_mnist, "cifar10": load_cifar10}
+def load_synthetic(
+    num_devices: int = 30, alpha: float = 1.0, beta: float = 1.0, seed: int = 0, test_fraction: float = 0.1
+) -> Dataset:
+    """Synthetic(α, β) of Li et al. (FedProx, Sec. 5.1, after Shamir et al.): one data set per device.
+
+    Device k draws u_k ~ N(0, α), B_k ~ N(0, β); W_k ~ N(u_k, 1) (60x10), b_k ~ N(u_k, 1);
+    v_k ~ N(B_k, 1) (60); rows x ~ N(v_k, Σ) with Σ_jj = j^-1.2; y = argmax(W_k·x + b_k)
+    (softmax does not change the argmax). α and β are standard deviations, as in the
+    reference code (litian96/FedProx, data/synthetic_*/generate_niid.py), and so is its
+    power law of sizes: lognormal(4, 2) + 50 rows per device. Each device's first
+    (1 - test_fraction) rows go to x_train, the rest to the shared test set.
+
+    Device k draws from its own generator seeded (seed, k), so its data do not depend
+    on how many devices there are. ``client_rows[k]`` holds device k's training rows.
+    """
+    if num_devices < 1 or alpha < 0 or beta < 0 or not 0 < test_fraction < 1:
+        raise ConfigError(
+            f"synthetic: need num_devices >= 1, alpha >= 0, beta >= 0, 0 < test_fraction < 1; "
+            f"got {num_devices}, {alpha}, {beta}, {test_fraction}"
+        )
+    dim, classes = 60, 10
+    sd = np.arange(1, dim + 1, dtype=np.float64) ** -0.6  # sqrt of Σ's diagonal j^-1.2
+    parts = []
+    for k in range(num_devices):
+        rng = np.random.default_rng([seed, k])
+        n = int(rng.lognormal(4, 2)) + 50
+        u, big_b = rng.normal(0, alpha), rng.normal(0, beta)
+        w, b = rng.normal(u, 1, (dim, classes)), rng.normal(u, 1, classes)
+        v = rng.normal(big_b, 1, dim)
+        x = v + rng.standard_normal((n, dim)) * sd
+        y = np.argmax(x @ w + b, axis=1)
+        parts.append((x.astype(np.float32), y.astype(np.int64), n - max(1, round(n * test_fraction))))
+    x_train = np.concatenate([x[:t] for x, _, t in parts])
+    y_train = np.concatenate([y[:t] for _, y, t in parts])
+    ends = np.cumsum([t for *_, t in parts])
+    rows = tuple(np.arange(end - t, end) for end, (*_, t) in zip(ends, parts))
+    x_test = np.concatenate([x[t:] for x, _, t in parts])
+    y_test = np.concatenate([y[t:] for _, y, t in parts])
+    return Dataset(f"synthetic({alpha:g},{beta:g})", x_train, y_train, x_test, y_test, classes, rows)
+
+
+_BUILTIN = {"digits": load_digits, "mnist": load_mnist, "cifar10": load_cifar10, "synthetic": load_synthetic}
 
 
 def load_dataset(name: str, root: str | None = None, **params: object) -> Dataset:
     """Load a built-in data set by name, or call ``"package.module:function"``.
 
-    ``root`` is the data folder (mnist and cifar10 need one; digits takes
-    none); ``params`` go to the loader (digits: test_size, seed; mnist, cifar10:
-    download). A custom function gets ``root=`` when given, and ``params``.
+    ``root`` is the data folder (mnist and cifar10 need one; digits and synthetic
+    take none); ``params`` go to the loader (digits: test_size, seed; mnist, cifar10:
+    download; synthetic: num_devices, alpha, beta, seed). A custom function gets ``root=`` when given, and ``params``.
     """
     if name in _BUILTIN:
         fn = _BUILTIN[name]

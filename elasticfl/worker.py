@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from .config import RunConfig
+from .errors import ConfigError
 from .controller._types import ClientReport, UnitResult
 from .policies import RoundClosePolicy, RoundProgress
 from .selection import WorkUnit, client_seed
@@ -38,7 +39,7 @@ class ClientWorker:
     @property
     def task(self) -> Task:
         if self._task is None:
-            self._task = build_task(self.config.task)
+            self._task = build_task(self.config.task, self.config.strategy)
         return self._task
 
     def _load_data(self) -> None:
@@ -51,8 +52,16 @@ class ClientWorker:
         from .datasets import load_dataset
         from .partition import make_partition
 
-        self._dataset = load_dataset(data.dataset, root=data.root)
         seed = data.partition.seed if data.partition.seed is not None else self.config.run.seed
+        self._dataset = load_dataset(data.dataset, root=data.root, **data.loader_params(seed))
+        if self._dataset.client_rows is not None:  # naturally partitioned (synthetic): client k is device k
+            if len(self._dataset.client_rows) != data.num_clients:
+                raise ConfigError(
+                    f"data.dataset {data.dataset!r} holds {len(self._dataset.client_rows)} devices' data "
+                    f"but data.num_clients is {data.num_clients}; make them equal"
+                )
+            self._clients = list(self._dataset.client_rows)
+            return
         self._clients = make_partition(
             data.partition.name, self._dataset.y_train, data.num_clients, seed, **data.partition.params()
         )

@@ -34,8 +34,10 @@ def linear(input_dim: int, num_classes: int, hidden: list[int]) -> nn.Module:
 
 
 class ClassificationTask:
-    def __init__(self, config) -> None:  # a ClassificationTaskConfig
+    def __init__(self, config, proximal_mu: float = 0.0) -> None:  # a ClassificationTaskConfig
         self.config = config
+        # FedProx's mu (strategy.mu): the local loss gains (mu/2)·||w - w_global||²; 0 is plain SGD
+        self.proximal_mu = float(proximal_mu)
         self._model: nn.Module | None = None
         self._tensors: list[torch.Tensor] = []
         self._opt: torch.optim.Optimizer | None = None
@@ -123,6 +125,9 @@ class ClassificationTask:
         opt.state.clear()  # momentum buffers belong to one client's training, never the next's
         if not model.training:
             model.train()
+        mu = self.proximal_mu
+        params = [p for p in model.parameters() if p.requires_grad] if mu else []
+        anchors = [p.detach().clone() for p in params]  # the global weights this round started from
         total, batches = 0.0, 0
         for _ in range(cfg.epochs):
             order = torch.from_numpy(ctx.rng.permutation(len(data))).to(self._device)
@@ -131,6 +136,11 @@ class ClassificationTask:
                 opt.zero_grad(set_to_none=True)
                 loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
                 loss.backward()
+                for p, g in zip(params, anchors):
+                    if p.grad is None:  # a parameter this batch did not reach
+                        continue
+                    # FedProx: the gradient of (mu/2)·||w - w_global||² is mu·(w - w_global)
+                    p.grad.add_(p.detach() - g, alpha=mu)
                 opt.step()
                 total = total + loss.detach()
                 batches += 1
