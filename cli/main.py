@@ -402,12 +402,14 @@ def status(
 @app.command()
 def stop(
     run_id: str = typer.Argument(..., help="The run to stop."),
+    abandon: bool = typer.Option(False, "--abandon", help="Drop the round in flight instead of finishing it."),
     address: Optional[str] = AddressOpt,
     namespace: str = NamespaceOpt,
 ) -> None:
-    """Stop a running run gracefully: the round in flight finishes and is checkpointed."""
+    """Stop a running run gracefully: the round in flight finishes and is checkpointed
+    (with --abandon it is dropped, and the run stops at its last completed round)."""
     try:
-        elasticfl.stop(run_id, address=address, namespace=namespace)
+        elasticfl.stop(run_id, abandon=abandon, address=address, namespace=namespace)
     except ElasticFLError as exc:
         _fail(exc)
     out.print(f"stop requested for {run_id}")

@@ -88,9 +88,10 @@ class RunHandle:
         self._last_status = ray.get(self._actor.status.remote())
         return self._last_status
 
-    def stop(self) -> None:
-        """Graceful: the round in flight finishes and is checkpointed, then the run stops."""
-        ray.get(self._actor.stop.remote())
+    def stop(self, abandon: bool = False) -> None:
+        """Graceful: the round in flight finishes and is checkpointed, then the run stops.
+        With ``abandon``, the round in flight is dropped: the run stops at its last round."""
+        ray.get(self._actor.stop.remote(abandon))
 
     def rounds(self, poll_s: float = _POLL_S) -> Iterator[dict[str, Any]]:
         """Yield each round's history record as it completes, until the run finishes.
@@ -323,8 +324,8 @@ def status(run_id: str, *, storage: str | None = None, address: str | None = Non
     return saved
 
 
-def stop(run_id: str, *, address: str | None = None, namespace: str = "elasticfl") -> None:
-    attach(run_id, address=address or Environment.read().ray_address, namespace=namespace).stop()
+def stop(run_id: str, *, abandon: bool = False, address: str | None = None, namespace: str = "elasticfl") -> None:
+    attach(run_id, address=address or Environment.read().ray_address, namespace=namespace).stop(abandon)
 
 
 def checkpoints(run_id: str, *, storage: str | None = None, verify: bool = True) -> list[CheckpointInfo]:

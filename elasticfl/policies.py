@@ -99,18 +99,25 @@ class RoundProgress:
 
 class RoundClosePolicy:
     """When a round stops waiting: every unit reported, the target reached (over-selection),
-    or the deadline passed with at least ``min_clients`` usable updates."""
+    the deadline passed with at least ``min_clients`` usable updates, or a stop that
+    abandons the round was asked for."""
 
     def __init__(self, target: int, min_clients: int, deadline_s: float | None, over_selected: bool) -> None:
         self.target = target
         self.min_clients = min_clients
         self.deadline_s = deadline_s
         self.over_selected = over_selected
+        self.abandoned = False  # set by a stop that does not wait for the round in flight
+
+    def abandon(self) -> None:
+        self.abandoned = True
 
     def close_reason(self, p: RoundProgress) -> str | None:
         """Why the round closes now with units outstanding, or None to keep waiting."""
         if p.outstanding_units == 0:
             return None
+        if self.abandoned:
+            return "the run was stopped and this round abandoned"
         if self.over_selected and p.ok_clients >= self.target:
             return f"target of {self.target} updates reached (over-selection)"
         if self.deadline_s is not None and p.elapsed_s >= self.deadline_s and p.ok_clients >= self.min_clients:

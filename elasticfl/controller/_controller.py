@@ -72,6 +72,7 @@ class Controller:
         self._lock = threading.RLock()
         self._saver = ThreadPoolExecutor(1, thread_name_prefix="elasticfl-checkpoint", initializer=_background_priority)
         self._pending_save: Future | None = None
+        self._checkpointed_round: int | None = None  # the round the newest checkpoint holds
 
     # -- life cycle ------------------------------------------------------------------
     def start(self) -> None:
@@ -116,9 +117,12 @@ class Controller:
             self._finish(state)
         return self.state
 
-    def request_stop(self) -> None:
-        """Graceful stop: the round in flight finishes and is checkpointed."""
+    def request_stop(self, abandon: bool = False) -> None:
+        """Graceful stop: the round in flight finishes and is checkpointed. With ``abandon``,
+        the round in flight is dropped instead and the run stops at the last completed round."""
         self._stop.set()
+        if abandon:
+            self.close_policy.abandon()
 
     # -- one round ---------------------------------------------------------------------
     def step(self) -> RunState:
@@ -130,6 +134,11 @@ class Controller:
         units = make_units(cohort, self.config.executors.unit_size, sum(w.size for w in self.weights), self.placement)
         results = sorted(self.pool.train_units(r, self.weights, units, self.close_policy), key=lambda u: u.order)
         trained = self.clock()
+        if self.close_policy.abandoned:  # stopped mid-round: nothing of round r is kept
+            log.info("run %s: round %d abandoned by a stop", self.run_id, r)
+            if self._checkpointed_round != self.round:
+                self._checkpoint()
+            return RunState.STOPPED
 
         summed = WeightedSum()
         clients = []
@@ -193,6 +202,7 @@ class Controller:
     def _checkpoint(self) -> None:
         """Save in the background so the next round overlaps the write; one save at a time."""
         self._wait_for_save()
+        self._checkpointed_round = self.round
         arrays, strategy_scalars = _flatten_state(self.weights or [], self.strategy.state_dict())
         state = {
             "format": 1,
@@ -244,6 +254,7 @@ class Controller:
         self.round = int(state["round"])
         self.history = self.store.read_round_records(self.round)
         self.resumed_from = self.round
+        self._checkpointed_round = self.round
         self.last_checkpoint = checkpoint.uri
         log.info("run %s resumed from round %d (%s)", self.run_id, self.round, checkpoint.uri)
 

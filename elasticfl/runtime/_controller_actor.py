@@ -71,8 +71,8 @@ class ControllerActor:
         """The status and the history records after ``after_round``, in one call."""
         return self.controller.poll(after_round)
 
-    def stop(self) -> None:
-        self.controller.request_stop()
+    def stop(self, abandon: bool = False) -> None:
+        self.controller.request_stop(abandon)
 
     def weights(self) -> list:
         return list(self.controller.weights or [])

@@ -53,6 +53,20 @@ def test_status_stop_and_checkpoints_of_a_submitted_run(ray_local, tmp_path):
     assert infos and infos[-1].round == result.round and all(i.valid for i in infos)
 
 
+
+def test_a_stop_that_abandons_the_round_does_not_wait_for_it(ray_local, tmp_path):
+    # rounds of ~12 s: a straggler client sleeps that long in every round
+    config = noisy_config(rounds=5, clients=12, per_round=12, slow_clients=[5], slow_s=12)
+    handle = elasticfl.submit(config, storage=str(tmp_path))
+    next(handle.rounds())  # round 1 done; round 2 waits on its straggler
+    time.sleep(1)
+    started = time.monotonic()
+    handle.stop(abandon=True)
+    result = handle.wait()
+    assert result.state == "stopped" and result.round == 1
+    assert time.monotonic() - started < 8  # did not sit out the straggler
+    assert elasticfl.checkpoints(handle.run_id, storage=str(tmp_path))[-1].round == 1
+
 def _pid_of(ray, name: str) -> int:
     actor = ray.get_actor(name, namespace="elasticfl")
     return ray.get(actor.__ray_call__.remote(lambda self: __import__("os").getpid()), timeout=30)

@@ -161,3 +161,18 @@ def test_over_selection_closes_the_round_at_its_target(tmp_path):
         assert record["clients_ok"] == 4 and record["clients_late"] == 2
         late = [c for c in record["clients"] if c["status"] == "late"]
         assert len(late) == 2 and "target" in late[0]["reason"]
+
+
+def test_a_stop_that_abandons_the_round_keeps_the_last_completed_one(tmp_path):
+    config = noisy_config(rounds=6).with_overrides(checkpoint={"every": 5})
+    store = CheckpointStore(str(tmp_path), "abandon")
+    controller = Controller(config, "abandon", InProcessPool(config), store)
+    controller.start()
+    controller.step()
+    controller.step()  # round 2 is done but, with every=5, not checkpointed
+    weights = [w.copy() for w in controller.weights]
+    controller.request_stop(abandon=True)
+    assert controller.run() is RunState.STOPPED
+    assert controller.round == 2 and len(controller.history) == 2
+    assert all(np.array_equal(a, b) for a, b in zip(controller.weights, weights))
+    assert store.latest().round == 2  # the stop saved the last completed round
