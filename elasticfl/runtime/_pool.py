@@ -45,6 +45,9 @@ _PREFETCH = 2
 _START_GRACE_S = 10.0
 # How often, at most, the pool re-reads the cluster's nodes while a round runs.
 _REBALANCE_EVERY_S = 1.0
+# How Ray records a node that was shut down on purpose (NodeDeathInfo.Reason): EXPECTED_TERMINATION
+# (SIGTERM to its raylet), AUTOSCALER_DRAIN_PREEMPTED, AUTOSCALER_DRAIN_IDLE.
+_TAKEN_AWAY = (1, 3, 4)
 # Errors that mean "the executor (or its node) is gone", not "the user's code raised".
 _EXECUTOR_LOST = (RayActorError, ActorDiedError, ActorUnavailableError)
 
@@ -113,7 +116,11 @@ class RayExecutorPool:
         if not force and now - self._nodes_read_at < _REBALANCE_EVERY_S:
             return
         self._nodes_read_at = now
-        self._nodes = [n for n in ray.nodes() if n.get("Alive")]
+        nodes = ray.nodes()
+        self._nodes = [n for n in nodes if n.get("Alive")]
+        # Nodes that went on purpose (SIGTERM from Slurm or a cloud, a drain): their losses
+        # are preemptions, not failures. A crashed or vanished node is "unexpected".
+        self._drained |= {n["NodeID"] for n in nodes if not n.get("Alive") and n.get("DeathReason") in _TAKEN_AWAY}
         try:  # nodes told they will go (drained for preemption, a batch job's end): no new work there
             from ray._private.state import state
 
@@ -124,7 +131,7 @@ class RayExecutorPool:
         alive = {n["NodeID"] for n in self._nodes}
         for executor in [e for e in self._executors.values() if e.placed and e.node_id not in alive]:
             # Its node left: let it go now rather than when a call to it fails.
-            self._lose(executor.index, self._loss_kind(executor, None))
+            self._lose(executor.index, self._kind_of(executor, None))
 
     def _rebalance(self, work: Counter, force: bool = False) -> None:
         """Start executors where nodes can hold them and there is work; withdraw unplaced
@@ -236,8 +243,14 @@ class RayExecutorPool:
             log.warning("%d executors are not placed yet; they join when nodes can hold them", starting)
 
     def _loss_kind(self, executor: _Executor | None, exc: Exception | None) -> FailureKind:
-        """Preempted: Ray says so (a node drained for preemption), the node had been draining,
-        or the pool is declared spot. Anything else is a failure."""
+        """Preempted: Ray says so (a node drained for preemption), the node had been draining
+        or was shut down on purpose (SIGTERM: a Slurm job's end, a spot reclaim), or the pool
+        is declared spot. Anything else is a failure."""
+        if executor is not None and executor.node_id not in self._drained:
+            self._read_nodes(force=True)  # learn how its node went, if it has
+        return self._kind_of(executor, exc)
+
+    def _kind_of(self, executor: _Executor | None, exc: Exception | None) -> FailureKind:
         preempted = bool(getattr(exc, "preempted", False)) or (
             executor is not None and (self._shapes[executor.pool].spot or executor.node_id in self._drained)
         )

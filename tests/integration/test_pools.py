@@ -124,3 +124,39 @@ def test_a_node_drained_for_preemption_loses_nothing(cluster, tmp_path):
     late_rounds = [r for r in result.history if r["round"] > 3]
     assert all(spot[0].node_id not in {c["node_id"] for c in r["clients"]} for r in late_rounds)
     assert result.weights_sha256 == reference(config, tmp_path)  # as if nothing had happened
+
+
+def test_a_node_shut_down_with_sigterm_is_a_preemption(cluster, tmp_path):
+    """A Slurm job's end or `scancel` sends SIGTERM to every process of the job at once: no
+    drain, but the node goes on purpose, and Ray records it so."""
+    import os
+    import signal
+
+    spot = [cluster.add_node(num_cpus=1, resources={"batch": 1}) for _ in range(2)]
+    cluster.wait_for_nodes()
+    try:
+        config = pooled(
+            noisy_config(rounds=8, clients=12, per_round=12, sleep_s=0.1),
+            pools={"batch": {"resources": {"batch": 1}, "min": 2}},
+            clients=[],
+            max_unit_retries=0,
+        )
+        handle = elasticfl.submit(config, storage=str(tmp_path / "runs"))
+        for record in handle.rounds():
+            if record["round"] >= 2:
+                break
+        os.kill(spot[0].all_processes["raylet"][0].process.pid, signal.SIGTERM)
+        spot.append(cluster.add_node(num_cpus=1, resources={"batch": 1}))
+        result = handle.wait()
+    finally:
+        for node in spot:
+            try:
+                cluster.remove_node(node)
+            except Exception:  # the SIGTERMed one is gone already
+                pass
+
+    debug = [(r["round"], r["unit_retries"], r["executors"]) for r in result.history]
+    assert result.ok and all(r["clients_ok"] == 12 for r in result.history), debug
+    executors = result.history[-1]["executors"]
+    assert executors["lost"] >= 1 and executors["preempted"] == executors["lost"], debug
+    assert result.weights_sha256 == reference(config, tmp_path)
