@@ -29,6 +29,11 @@ __all__ = [
     "PartitionConfig",
     "SyntheticConfig",
     "CohortConfig",
+    "UniformSelectionConfig",
+    "SpeedSelectionConfig",
+    "OortSelectionConfig",
+    "PowerOfChoiceSelectionConfig",
+    "SelectionConfig",
     "ExecutorShape",
     "ExecutorConfig",
     "PoolConfig",
@@ -44,6 +49,7 @@ __all__ = [
     "CheckpointConfig",
     "ClusterConfig",
     "EvaluationConfig",
+    "PrivacyConfig",
     "Environment",
     "DEFAULT_STORAGE",
 ]
@@ -167,6 +173,45 @@ class DataConfig(_Section):
         return {}
 
 
+class UniformSelectionConfig(_Section):
+    """Every client equally likely (one generator seeded by the run seed, drawn once per round)."""
+
+    name: Literal["uniform"] = "uniform"
+
+
+class SpeedSelectionConfig(_Section):
+    """Availability- and speed-aware: weight ∝ measured throughput × reliability, at least `floor`."""
+
+    name: Literal["speed"]
+    floor: float = Field(0.1, gt=0, le=1)  # the least weight (relative to the median client) any client keeps
+
+
+class OortSelectionConfig(_Section):
+    """Oort (Lai et al., OSDI'21): statistical utility × system speed, exploring unseen clients."""
+
+    name: Literal["oort"]
+    exploration_factor: float = Field(0.9, ge=0, le=1)  # share of the cohort for never-seen clients in round 1
+    exploration_decay: float = Field(0.98, gt=0, le=1)  # that share is multiplied by this each round
+    exploration_min: float = Field(0.3, ge=0, le=1)  # ... but stays at least this
+    round_penalty: float = Field(2.0, ge=0)  # alpha: a client slower than T scores × (T / its duration)^alpha
+    preferred_duration_s: float | None = Field(None, gt=0)  # T; default: the median measured client duration
+    staleness_weight: float = Field(0.1, ge=0)  # bonus sqrt(w · ln(round) / the last round it was picked)
+    cut_off: float = Field(0.95, gt=0, le=1)  # exploit among clients scoring at least this × the k-th best
+
+
+class PowerOfChoiceSelectionConfig(_Section):
+    """Power-of-choice (Cho et al. 2020): draw `candidates` uniformly, keep those with the highest last loss."""
+
+    name: Literal["power_of_choice"]
+    candidates: int | None = Field(None, ge=1)  # d; default twice the selected count (at least it, at most everyone)
+
+
+SelectionConfig = Annotated[
+    Union[UniformSelectionConfig, SpeedSelectionConfig, OortSelectionConfig, PowerOfChoiceSelectionConfig],
+    Field(discriminator="name"),
+]
+
+
 class CohortConfig(_Section):
     """Who trains each round. Give clients_per_round or fraction (of data.num_clients), not both."""
 
@@ -175,6 +220,7 @@ class CohortConfig(_Section):
     min_clients: int | None = Field(None, ge=1)  # fewer successful updates than this fails the round
     over_select: float = Field(0.0, ge=0, le=1)  # select this fraction more; the round closes at the target
     deadline_s: float | None = Field(None, gt=0)  # close the round then, if min_clients have reported
+    selection: SelectionConfig = Field(default_factory=UniformSelectionConfig)  # how the cohort is picked
 
     @model_validator(mode="after")
     def _one_of(self) -> "CohortConfig":
@@ -353,6 +399,15 @@ class EvaluationConfig(_Section):
     every: int = Field(1, ge=0)  # centralised evaluation every N rounds; 0 turns it off
 
 
+class PrivacyConfig(_Section):
+    """Central differential privacy (DP-FedAvg): per-client clipping, Gaussian noise on the sum, an accountant."""
+
+    enabled: bool = False
+    clip_norm: float = Field(1.0, gt=0)  # L2 bound C on each client's update (client weights - global weights)
+    noise_multiplier: float = Field(1.0, ge=0)  # z: the round's noise is N(0, (z*C)^2) on the sum of clipped updates
+    delta: float = Field(1e-5, gt=0, lt=1)  # the target delta the accountant reports epsilon for
+
+
 class RunConfig(_Section):
     run: RunSection = Field(default_factory=RunSection)
     task: TaskConfig = Field(default_factory=ClassificationTaskConfig)
@@ -365,6 +420,7 @@ class RunConfig(_Section):
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
 
     @model_validator(mode="after")
     def _consistent(self) -> "RunConfig":
@@ -379,6 +435,11 @@ class RunConfig(_Section):
                 f"cohort.min_clients ({self.cohort.min_clients}) exceeds the cohort size ({size}); lower it"
             )
         self._check_pools()
+        if self.privacy.enabled and self.cohort.selection.name != "uniform":
+            raise ValueError(
+                f"privacy.enabled needs cohort.selection.name 'uniform': '{self.cohort.selection.name}' picks "
+                "clients by their past losses and speeds, which the privacy accountant does not cover"
+            )
         if self.data.dataset == "none" and isinstance(self.task, ClassificationTaskConfig):
             raise ValueError("data.dataset 'none' needs a task of type 'custom' that brings its own data")
         return self
@@ -512,7 +573,8 @@ def _explain(exc: ValidationError, source: str) -> str:
 
 def _is_union_tag(part: Any) -> bool:
     # pydantic puts the discriminator value ("fedavg", "classification") in the location path.
-    return part in ("fedavg", "fedavgm", "fedprox", "fedadam", "fedyogi", "fedadagrad", "classification", "custom")
+    return part in ("fedavg", "fedavgm", "fedprox", "fedadam", "fedyogi", "fedadagrad", "classification", "custom",
+                    "uniform", "speed", "oort", "power_of_choice")
 
 
 def _suggest(loc: list[str]) -> str:

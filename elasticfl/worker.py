@@ -17,6 +17,7 @@ from .config import RunConfig
 from .errors import ConfigError
 from .controller._types import ClientReport, UnitResult
 from .policies import RoundClosePolicy, RoundProgress
+from .privacy import CLIPPED_METRIC, clip_update
 from .selection import WorkUnit, client_seed
 from .strategies import WeightedSum, resolve_precision
 from .tasks import ClientData, Task, TrainContext, build_task
@@ -116,8 +117,15 @@ class ClientWorker:
                 log.warning("rejected client %d's update in round %d: %s", cid, round, reason)
                 reports.append(self._report(cid, "rejected", start, reason=reason))
                 continue
-            summed.add(result.weights, int(result.num_examples))
-            reports.append(self._report(cid, "ok", start, n=int(result.num_examples), metrics=result.metrics))
+            metrics = result.metrics
+            dp = self.config.privacy
+            if dp.enabled:  # DP-FedAvg: sum clipped deltas, uniformly weighted; the controller adds the noise
+                delta, _, clipped = clip_update(result.weights, weights, dp.clip_norm)
+                summed.add(delta, 1)
+                metrics = {**(metrics or {}), CLIPPED_METRIC: float(clipped)}
+            else:
+                summed.add(result.weights, int(result.num_examples))
+            reports.append(self._report(cid, "ok", start, n=int(result.num_examples), metrics=metrics))
         return UnitResult(unit.unit_id, summed, reports, part=unit.part)
 
     def evaluate(self, weights: Weights) -> dict[str, float]:

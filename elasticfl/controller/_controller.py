@@ -20,7 +20,8 @@ from ..checkpoint import Checkpoint, CheckpointStore
 from ..config import RunConfig
 from ..errors import CheckpointNotFoundError, ConfigError, RunFailedError
 from ..policies import RoundClosePolicy
-from ..selection import UniformSelector, make_units
+from .. import privacy as dp
+from ..selection import build_selector, make_units
 from ..strategies import WeightedSum, build_strategy
 from ..weights import Weights, weights_nbytes, weights_sha256
 from ._types import ExecutorPool, RunState
@@ -31,7 +32,7 @@ log = logging.getLogger("elasticfl.controller")
 STATUS_FILE = "status.json"
 
 # Config sections whose change would make a resumed run compute something else.
-_DETERMINING = ("task", "data", "cohort", "strategy")
+_DETERMINING = ("task", "data", "cohort", "strategy", "privacy")
 
 
 class Controller:
@@ -54,10 +55,13 @@ class Controller:
         self.strategy = build_strategy(config.strategy)
         n = config.data.num_clients
         cohort = config.cohort
-        self.selector = UniformSelector(n, cohort.selected(n), config.run.seed)
+        self.selector = build_selector(config)  # cohort.selection; seeded by the run, fed the history
         self.quorum = cohort.min_clients or 1
         self.close_policy = RoundClosePolicy(cohort.size(n), self.quorum, cohort.deadline_s, cohort.over_select > 0)
         self.placement = config.client_pools()
+        # DP-FedAvg: the accountant's per-round RDP (rate: selected / num_clients), composed by round count
+        self._dp_rate = dp.sampling_rate(cohort.selected(n), n)
+        self._dp_rdp = dp.compute_rdp(self._dp_rate, config.privacy.noise_multiplier, 1) if config.privacy.enabled else None
         self.state = RunState.PENDING
         self.round = 0  # the last completed round
         self.weights: Weights | None = None
@@ -130,7 +134,10 @@ class Controller:
         assert self.weights is not None
         r = self.round + 1
         started = self.clock()
-        cohort = self.selector.cohort(r)
+        cohort = self.selector.cohort(r, self.history)
+        selection: dict[str, Any] = {"selection": self.selector.name}
+        if self.selector.info:  # what it did, e.g. how many never-seen clients it explored
+            selection["selection_info"] = dict(self.selector.info)
         units = make_units(cohort, self.config.executors.unit_size, sum(w.size for w in self.weights), self.placement)
         results = sorted(self.pool.train_units(r, self.weights, units, self.close_policy), key=lambda u: u.order)
         trained = self.clock()
@@ -155,6 +162,12 @@ class Controller:
                 f"round {r}: {ok} of {len(cohort)} clients returned a usable update, fewer than "
                 f"cohort.min_clients={self.quorum}; reasons: {reasons or 'none reported'}"
             )
+        if self.config.privacy.enabled:  # noise once per round, on the sum of every unit's clipped deltas
+            p = self.config.privacy
+            summed = dp.privatize(
+                summed, self.weights, clip_norm=p.clip_norm, noise_multiplier=p.noise_multiplier,
+                denominator=self._dp_denominator(), run_seed=self.config.run.seed, round=r,
+            )
         new_weights = self.strategy.aggregate(self.weights, summed)
         aggregated = self.clock()
         metrics = {}
@@ -177,6 +190,7 @@ class Controller:
             },
             "metrics": metrics,
             "cohort": [int(c) for c in cohort],
+            **selection,
             "units": len(units),
             "clients_ok": ok,
             "clients_failed": statuses["failed"] + statuses["rejected"],
@@ -186,6 +200,8 @@ class Controller:
             "executors": self.pool.describe(),  # how many, where, how many replaced so far
             "clients": [c.to_dict() for c in clients],
         }
+        if self.config.privacy.enabled:
+            record["privacy"] = self._privacy_record(r, clients)
         with self._lock:
             self.weights = new_weights
             self.round = r
@@ -197,6 +213,33 @@ class Controller:
         if last:
             return RunState.COMPLETED
         return RunState.STOPPED if self._stop.is_set() else RunState.RUNNING
+
+    # -- differential privacy --------------------------------------------------------------
+    def _dp_denominator(self) -> int:
+        """DP-FedAvg's fixed denominator: the round's target cohort size (not who arrived)."""
+        return self.config.cohort.size(self.config.data.num_clients)
+
+    def _privacy_status(self, last: dict[str, Any] | None) -> dict[str, Any]:
+        """The status's ``privacy`` entry (ε spent so far, for δ); none when privacy is off."""
+        if not self.config.privacy.enabled:
+            return {}
+        eps = last["privacy"]["epsilon"] if last and "privacy" in last else 0.0
+        return {"privacy": {"epsilon": eps, "delta": self.config.privacy.delta}}
+
+    def _privacy_record(self, r: int, clients: list) -> dict[str, Any]:
+        p = self.config.privacy
+        assert self._dp_rdp is not None
+        eps, order = dp.rdp_to_epsilon(self._dp_rdp * r, p.delta)
+        flags = [c.metrics.get(dp.CLIPPED_METRIC, 0.0) for c in clients if c.status == "ok"]
+        return {
+            "epsilon": None if not np.isfinite(eps) else eps,  # None: no noise, no guarantee
+            "delta": p.delta,
+            "rdp_order": None if not np.isfinite(order) else order,
+            "sampling_rate": self._dp_rate,
+            "noise_multiplier": p.noise_multiplier,
+            "clip_norm": p.clip_norm,
+            "clipped_fraction": float(np.mean(flags)) if flags else 0.0,
+        }
 
     # -- checkpoints -------------------------------------------------------------------
     def _checkpoint(self) -> None:
@@ -287,6 +330,7 @@ class Controller:
                 "error": self.error,
                 "error_type": self.error_type,
                 "resumed_from": self.resumed_from,
+                **self._privacy_status(last),
                 "started_at": self.started_at,
                 "updated_at": self.clock(),
             }

@@ -60,7 +60,8 @@ def test_a_node_lost_mid_round_and_one_that_joins(cluster, tmp_path):
     doomed = cluster.add_node(num_cpus=1, resources={"pool": 1})
     cluster.add_node(num_cpus=1, resources={"pool": 1})
     cluster.wait_for_nodes()
-    config = noisy_config(rounds=8, clients=12, per_round=12, sleep_s=0.05).with_overrides(
+    # enough rounds after the join for a new executor to start even on a loaded machine
+    config = noisy_config(rounds=30, clients=12, per_round=12, sleep_s=0.05).with_overrides(
         executors={"resources": {"pool": 1}, "count": 2, "placement_timeout_s": 60}
     )
     handle = elasticfl.submit(config, storage=str(tmp_path / "runs"))

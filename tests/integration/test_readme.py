@@ -127,6 +127,7 @@ SECTIONS: dict[str, list[type[BaseModel]]] = {
     "data.partition": [cfg.PartitionConfig],
     "data.synthetic": [cfg.SyntheticConfig],
     "cohort": [cfg.CohortConfig],
+    "cohort.selection": [cfg.UniformSelectionConfig, cfg.SpeedSelectionConfig, cfg.OortSelectionConfig, cfg.PowerOfChoiceSelectionConfig],
     "executors": [cfg.ExecutorConfig],
     "pools.<name>": [cfg.PoolConfig],
     "clients": [cfg.ClientRule],
@@ -134,6 +135,7 @@ SECTIONS: dict[str, list[type[BaseModel]]] = {
     "checkpoint": [cfg.CheckpointConfig],
     "cluster": [cfg.ClusterConfig],
     "evaluation": [cfg.EvaluationConfig],
+    "privacy": [cfg.PrivacyConfig],
 }
 
 
