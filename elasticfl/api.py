@@ -99,17 +99,9 @@ class RunHandle:
         A resumed run's earlier rounds (from its checkpoint) go into ``history``
         without being yielded again.
         """
-        while True:
-            status, new = self._fetch()
-            self._last_status = status
-            for record in new:
-                self._seen = record["round"]
-                self.history.append(record)
-                if record["round"] > (status.get("resumed_from") or 0):
-                    yield record
-            if RunState(status["state"]).finished:
-                return
-            time.sleep(poll_s)
+        for record in self._arrivals(poll_s):
+            if record["round"] > ((self._last_status or {}).get("resumed_from") or 0):
+                yield record
 
     def watch(self, poll_s: float = _POLL_S) -> Iterator[dict[str, Any]]:
         """Yield every round record of the run: those done so far first (a resumed run's
@@ -118,16 +110,18 @@ class RunHandle:
         ``rounds()`` yields only the rounds this run completes from now on; ``watch()`` is
         what ``elasticfl watch`` shows, for a handle from ``attach()`` in particular.
         """
-        shown = 0
+        yield from list(self.history)
+        yield from self._arrivals(poll_s)
+
+    def _arrivals(self, poll_s: float) -> Iterator[dict[str, Any]]:
+        """Each record not seen before, as it arrives (kept in ``history``), until the run finishes."""
         while True:
             status, new = self._fetch()
             self._last_status = status
             for record in new:
                 self._seen = record["round"]
                 self.history.append(record)
-            while shown < len(self.history):
-                shown += 1
-                yield self.history[shown - 1]
+                yield record
             if RunState(status["state"]).finished:
                 return
             time.sleep(poll_s)

@@ -155,10 +155,11 @@ def _weighted_sample(rng: np.random.Generator, ids: np.ndarray, weights: np.ndar
     return ids[np.argsort(-keys, kind="stable")[:k]]
 
 
-class UniformSelector:
-    """Uniform sampling without replacement; the whole population when the cohort is everyone."""
+class _SelectorBase:
+    """What every selector holds: the population, the cohort size, the run seed, and what
+    it did in the last round (``info``, for the history)."""
 
-    name = "uniform"
+    name = ""
 
     def __init__(self, num_clients: int, cohort_size: int, seed: int) -> None:
         _check_size(num_clients, cohort_size)
@@ -166,6 +167,15 @@ class UniformSelector:
         self.cohort_size = cohort_size
         self.seed = seed
         self.info: dict[str, Any] = {}
+
+
+class UniformSelector(_SelectorBase):
+    """Uniform sampling without replacement; the whole population when the cohort is everyone."""
+
+    name = "uniform"
+
+    def __init__(self, num_clients: int, cohort_size: int, seed: int) -> None:
+        super().__init__(num_clients, cohort_size, seed)
         self._rng: np.random.Generator | None = None
         self._next_round = 1
 
@@ -187,17 +197,11 @@ class UniformSelector:
         return np.sort(chosen).astype(np.int64)
 
 
-class _HistorySelector:
+class _HistorySelector(_SelectorBase):
     """What the history-driven selectors share: stats from the history, a (seed, round) generator."""
 
-    name = ""
-
     def __init__(self, num_clients: int, cohort_size: int, seed: int) -> None:
-        _check_size(num_clients, cohort_size)
-        self.num_clients = num_clients
-        self.cohort_size = cohort_size
-        self.seed = seed
-        self.info: dict[str, Any] = {}
+        super().__init__(num_clients, cohort_size, seed)
         self.stats = ClientStats(num_clients)
 
     def cohort(self, round: int, history: History = ()) -> np.ndarray:
