@@ -36,3 +36,21 @@ def noisy_config(rounds: int = 4, clients: int = 12, per_round: int = 6, unit_si
             "executors": {"unit_size": unit_size, "count": 2},
         }
     )
+
+
+def write_user_task(folder, module: str):
+    """User code that is not installed anywhere: a task class `Halve` in folder/module.py,
+    which only reaches the executors through `cluster.runtime_env`."""
+    folder.mkdir()
+    (folder / f"{module}.py").write_text(
+        "import numpy as np\n"
+        "from elasticfl.tasks import TrainResult\n"
+        "class Halve:\n"
+        "    def init_weights(self, seed, data_shape):\n"
+        "        return [np.full(4, 8.0, np.float32)]\n"
+        "    def train(self, weights, data, ctx):\n"
+        "        return TrainResult([w / 2 for w in weights], 1)\n"
+        "    def evaluate(self, weights, data):\n"
+        "        return {'value': float(weights[0][0])}\n"
+    )
+    return folder

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 import elasticfl
 from elasticfl_cli.main import app
-from tests.conftest import noisy_config
+from tests.conftest import noisy_config, write_user_task
 
 runner = CliRunner()
 
@@ -139,19 +139,7 @@ def test_stop_ends_a_submitted_run_and_its_job(job_api, tmp_path):
 
 def test_a_submitted_runs_own_code_travels_from_the_submitting_machine(job_api, tmp_path, monkeypatch):
     url, _ = job_api
-    code = tmp_path / "usercode"
-    code.mkdir()
-    (code / "my_job_task.py").write_text(
-        "import numpy as np\n"
-        "from elasticfl.tasks import TrainResult\n"
-        "class Halve:\n"
-        "    def init_weights(self, seed, data_shape):\n"
-        "        return [np.full(4, 8.0, np.float32)]\n"
-        "    def train(self, weights, data, ctx):\n"
-        "        return TrainResult([w / 2 for w in weights], 1)\n"
-        "    def evaluate(self, weights, data):\n"
-        "        return {'value': float(weights[0][0])}\n"
-    )
+    write_user_task(tmp_path / "usercode", "my_job_task")
     config = elasticfl.RunConfig.from_dict(
         {
             "run": {"rounds": 2},

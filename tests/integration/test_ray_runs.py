@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import elasticfl
 from elasticfl.checkpoint import CheckpointStore
 from elasticfl.controller import Controller
 from elasticfl.worker import InProcessPool
-from tests.conftest import noisy_config
+from tests.conftest import noisy_config, write_user_task
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -120,19 +119,7 @@ def test_executors_no_node_can_hold_are_reported_not_waited_on(ray_local, tmp_pa
 
 
 def test_user_code_reaches_the_executors_through_runtime_env(ray_local, tmp_path):
-    code = tmp_path / "usercode"
-    code.mkdir()
-    (code / "my_fl_task.py").write_text(
-        "import numpy as np\n"
-        "from elasticfl.tasks import TrainResult\n"
-        "class Halve:\n"
-        "    def init_weights(self, seed, data_shape):\n"
-        "        return [np.full(4, 8.0, np.float32)]\n"
-        "    def train(self, weights, data, ctx):\n"
-        "        return TrainResult([w / 2 for w in weights], 1)\n"
-        "    def evaluate(self, weights, data):\n"
-        "        return {'value': float(weights[0][0])}\n"
-    )
+    code = write_user_task(tmp_path / "usercode", "my_fl_task")
     config = elasticfl.RunConfig.from_dict(
         {
             "run": {"rounds": 2},

@@ -313,7 +313,6 @@ def test_server_optimisers_agree_with_flower():
     the comparison runs there, on the same client results, and must report agreement."""
     import json
     import subprocess
-    import sys
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[2]
