@@ -243,7 +243,7 @@ class SlurmCluster:
 # -- a Ray head whose autoscaler gets its worker nodes from this Slurm ---------------------
 from tests.isolated.autoscaling_cluster import _RAY, FakeAutoscalingCluster  # noqa: E402
 
-SLURM_PROVIDER = "elasticfl.slurm.provider.SlurmNodeProvider"
+SLURM_PROVIDER = "elasticfl.runtime.slurm.provider.SlurmNodeProvider"
 
 
 class SlurmAutoscalingCluster(FakeAutoscalingCluster):
@@ -291,7 +291,7 @@ class SlurmAutoscalingCluster(FakeAutoscalingCluster):
 
     def slurm_nodes(self):
         """Alive Ray nodes that a Slurm job started: {job id: node}."""
-        from elasticfl.slurm.provider import JOB_LABEL
+        from elasticfl.runtime.slurm.provider import JOB_LABEL
 
         return {n["Labels"][JOB_LABEL]: n for n in self.alive_nodes() if JOB_LABEL in n.get("Labels", {})}
 

@@ -1,4 +1,4 @@
-"""Ray's autoscaler gets nodes from a real Slurm (elasticfl.slurm.provider.SlurmNodeProvider).
+"""Ray's autoscaler gets nodes from a real Slurm (elasticfl.runtime.slurm.provider.SlurmNodeProvider).
 
 A one-node Slurm on this machine (slurm_fixture.SlurmCluster: Debian's packages, installed
 when missing; root only, skipped otherwise) and an isolated Ray head whose autoscaler uses

@@ -9,8 +9,8 @@ import pytest
 from ray.autoscaler.node_launch_exception import NodeLaunchException
 from ray.autoscaler.tags import TAG_RAY_NODE_KIND, TAG_RAY_NODE_STATUS, TAG_RAY_USER_NODE_TYPE
 
-from elasticfl.slurm.commands import Job, Slurm
-from elasticfl.slurm.provider import HEAD_ID, JOB_LABEL, SlurmNodeProvider, job_script, sbatch_args, unschedulable
+from elasticfl.runtime.slurm.commands import Job, Slurm
+from elasticfl.runtime.slurm.provider import HEAD_ID, JOB_LABEL, SlurmNodeProvider, job_script, sbatch_args, unschedulable
 
 
 class FakeSlurmCli:

@@ -4,7 +4,7 @@ In the cluster config (see clusters/slurm/autoscaler.yaml)::
 
     provider:
       type: external
-      module: elasticfl.slurm.provider.SlurmNodeProvider
+      module: elasticfl.runtime.slurm.provider.SlurmNodeProvider
       gcs_address: 10.0.0.5:6379      # the head's GCS, as the Slurm nodes reach it
       use_node_id_as_ip: true         # Ray node ids, not IPs, name nodes (two jobs may share a host)
       disable_node_updaters: true     # no SSH: the job starts Ray itself
@@ -71,12 +71,12 @@ from ray.autoscaler.tags import (
     TAG_RAY_USER_NODE_TYPE,
 )
 
-from elasticfl.slurm.commands import Job, Slurm, SlurmError
+from elasticfl.runtime.slurm.commands import Job, Slurm, SlurmError
 
 logger = logging.getLogger(__name__)
 
 HEAD_ID = "head"  # the provider's id for the head node, which is no Slurm job
-JOB_LABEL = "elasticfl.slurm-job"  # Ray label on each node a job starts: the job id
+JOB_LABEL = "elasticfl.runtime.slurm-job"  # Ray label on each node a job starts: the job id
 
 PENDING_STATES = {"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD"}
 RUNNING_STATES = {"RUNNING", "SUSPENDED", "STOPPED", "SIGNALING", "RESIZING"}
@@ -138,7 +138,7 @@ def job_script(
     drain = node_config.get("drain_timeout_s", 10)
     lines = [
         "#!/bin/bash",
-        "# Written by elasticfl.slurm.provider: one Ray worker node per job.",
+        "# Written by elasticfl.runtime.slurm.provider: one Ray worker node per job.",
         "set -e",
         # Slurm sends SIGTERM, then SIGKILL KillWait (default 30 s) later: Ray's drain on
         # SIGTERM (default 30 s) must end before that.
