@@ -54,3 +54,19 @@ def write_user_task(folder, module: str):
         "        return {'value': float(weights[0][0])}\n"
     )
     return folder
+
+
+def wait_controller_gone(run_id: str, timeout_s: float = 30.0) -> None:
+    """Wait until the released controller has left the cluster (its name is freed asynchronously)."""
+    import time
+
+    import ray
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            ray.get_actor(f"controller/{run_id}", namespace="elasticfl")
+        except ValueError:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"the controller of {run_id} is still there after {timeout_s}s")

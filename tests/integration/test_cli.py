@@ -9,7 +9,7 @@ import yaml
 from typer.testing import CliRunner
 
 from elasticfl_cli.main import app
-from tests.conftest import noisy_config
+from tests.conftest import noisy_config, wait_controller_gone
 
 runner = CliRunner()
 
@@ -90,22 +90,6 @@ def test_user_code_that_cannot_be_imported_exits_2(ray_local, tmp_path):
 
 # -- watch: re-attach to a run by id ----------------------------------------------------------
 
-def _controller_gone(run_id: str, timeout_s: float = 30.0) -> None:
-    """Wait until the released controller has left the cluster (its name is freed asynchronously)."""
-    import time
-
-    import ray
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            ray.get_actor(f"controller/{run_id}", namespace="elasticfl")
-        except ValueError:
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"the controller of {run_id} is still there after {timeout_s}s")
-
-
 def test_watch_follows_a_submitted_run_then_reads_it_from_storage(ray_local, tmp_path):
     import elasticfl
 
@@ -123,7 +107,7 @@ def test_watch_follows_a_submitted_run_then_reads_it_from_storage(ray_local, tmp
     # watch left the finished controller to its driver, which still reads the outcome
     result = handle.wait()
     assert result.state == "completed"
-    _controller_gone("watched")
+    wait_controller_gone("watched")
 
     # no controller any more: the rounds and the outcome come from storage, as `run --json` printed them
     stored = runner.invoke(app, ["watch", "watched", "--json", "--storage", store])

@@ -14,7 +14,7 @@ from elasticfl.checkpoint import CheckpointStore
 from elasticfl.controller import Controller
 from elasticfl.worker import InProcessPool
 from elasticfl_cli.main import app
-from tests.conftest import noisy_config
+from tests.conftest import noisy_config, wait_controller_gone
 
 runner = CliRunner()
 
@@ -23,17 +23,6 @@ def _stored_run(storage: str, run_id: str, rounds: int = 2) -> None:
     """A finished run that only its storage knows (run in-process, no controller actor)."""
     config = noisy_config(rounds=rounds)
     Controller(config, run_id, InProcessPool(config), CheckpointStore(storage, run_id)).run()
-
-
-def _gone(ray, run_id: str, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            ray.get_actor(f"controller/{run_id}", namespace="elasticfl")
-        except ValueError:
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"the controller of {run_id} did not exit")
 
 
 def test_runs_lists_live_controllers_and_stored_runs(ray_local, tmp_path):
@@ -60,7 +49,7 @@ def test_runs_lists_live_controllers_and_stored_runs(ray_local, tmp_path):
     finally:
         handle.stop()
         handle.wait()
-    _gone(ray_local, "live-run")
+    wait_controller_gone("live-run")
     stored = {r["run_id"]: r for r in elasticfl.runs(storage=storage)}
     assert stored["live-run"]["source"] == "storage" and stored["live-run"]["state"] == "stopped"
 
@@ -84,7 +73,7 @@ def test_watch_yields_every_round_and_finishes_from_storage_once_the_controller_
     done = threading.Event()
     threading.Thread(target=lambda: (owner.wait(), done.set()), daemon=True).start()
     assert done.wait(60)
-    _gone(ray_local, "watched")
+    wait_controller_gone("watched")
     started = time.monotonic()
     seen += list(watching)
     assert time.monotonic() - started < 10
