@@ -45,7 +45,15 @@ __all__ = [
     "FedAdamConfig",
     "FedYogiConfig",
     "FedAdagradConfig",
+    "FedNovaConfig",
+    "ScaffoldConfig",
     "StrategyConfig",
+    "MedianConfig",
+    "TrimmedMeanConfig",
+    "KrumConfig",
+    "RobustConfig",
+    "SimulationConfig",
+    "CompressionConfig",
     "CheckpointConfig",
     "ClusterConfig",
     "EvaluationConfig",
@@ -327,9 +335,38 @@ def parse_id_ranges(text: str) -> list[int]:
 DEFAULT_POOL = "default"
 
 
+class MedianConfig(_Section):
+    """Coordinate-wise median of the cohort's updates (Yin et al., 2018)."""
+
+    name: Literal["median"]
+
+
+class TrimmedMeanConfig(_Section):
+    """Coordinate-wise mean after dropping the largest and smallest ``beta`` share (Yin et al., 2018)."""
+
+    name: Literal["trimmed_mean"]
+    beta: float = Field(0.1, ge=0, lt=0.5)
+
+
+class KrumConfig(_Section):
+    """(Multi-)Krum (Blanchard et al., 2017): keep the updates closest to their neighbours."""
+
+    name: Literal["krum"]
+    num_malicious: int = Field(1, ge=0)  # f, the Byzantine clients to tolerate per round
+    num_to_keep: int = Field(1, ge=1)  # m; above 1 this is multi-Krum (the kept updates are averaged)
+
+
+RobustConfig = Annotated[Union[MedianConfig, TrimmedMeanConfig, KrumConfig], Field(discriminator="name")]
+
+
 class _WeightedMeanConfig(_Section):
     # Precision of the weighted sums: "auto" is float64 up to 2**24 parameters, float32 above.
     accumulate: Literal["auto", "float64", "float32"] = "auto"
+    # Robust aggregation replaces the weighted mean under any strategy; it needs every
+    # client's update at the controller (no pre-aggregation in work units).
+    robust: RobustConfig | None = None
+    # Norm bounding (Sun et al., 2019): each client's change is scaled to at most this L2 norm.
+    norm_bound: float | None = Field(None, gt=0)
 
 
 class FedAvgConfig(_WeightedMeanConfig):
@@ -368,8 +405,22 @@ class FedAdagradConfig(_ServerOptConfig):
     name: Literal["fedadagrad"]
 
 
+class FedNovaConfig(_WeightedMeanConfig):
+    name: Literal["fednova"]
+
+
+class ScaffoldConfig(_WeightedMeanConfig):
+    name: Literal["scaffold"]
+    server_lr: float = Field(1.0, gt=0)
+    # the learning rate of the clients' local SGD; default task.lr (the built-in task)
+    local_lr: float | None = Field(None, gt=0)
+
+
 StrategyConfig = Annotated[
-    Union[FedAvgConfig, FedAvgMConfig, FedProxConfig, FedAdamConfig, FedYogiConfig, FedAdagradConfig],
+    Union[
+        FedAvgConfig, FedAvgMConfig, FedProxConfig, FedAdamConfig, FedYogiConfig, FedAdagradConfig,
+        FedNovaConfig, ScaffoldConfig,
+    ],
     Field(discriminator="name"),
 ]
 
@@ -408,6 +459,39 @@ class PrivacyConfig(_Section):
     delta: float = Field(1e-5, gt=0, lt=1)  # the target delta the accountant reports epsilon for
 
 
+class CompressionConfig(_Section):
+    """How clients encode their updates for the uplink (see elasticfl/compression.py)."""
+
+    codec: Literal["none", "fp16", "int8", "topk"] = "none"
+    topk_fraction: float = Field(0.01, gt=0, le=1)  # topk: the share of each array's values sent
+    # keep what the codec dropped and send it with the next update (per client, checkpointed)
+    error_feedback: bool = True
+
+
+class SimulationConfig(_Section):
+    """System heterogeneity for research runs: clients that can only do part of their local work."""
+
+    # The chance that a client is a straggler in a round, drawn from (run seed, round, client id).
+    stragglers: float = Field(0.0, ge=0, le=1)
+    # partial: a straggler does a random share of its local steps and that partial work is
+    # aggregated (FedProx, FedNova); drop: stragglers are left out of the round (FedAvg's way).
+    straggler_policy: Literal["partial", "drop"] = "partial"
+    # Clients that attack (ids like "0-4"): they send a sign-flipped or noise update every round.
+    byzantine: str | None = None
+    attack: Literal["sign_flip", "gaussian"] = "sign_flip"
+    attack_scale: float = Field(10.0, gt=0)
+
+    @field_validator("byzantine")
+    @classmethod
+    def _ids(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_id_ranges(v)
+        return v
+
+    def byzantine_ids(self) -> frozenset[int]:
+        return frozenset(parse_id_ranges(self.byzantine)) if self.byzantine else frozenset()
+
+
 class RunConfig(_Section):
     run: RunSection = Field(default_factory=RunSection)
     task: TaskConfig = Field(default_factory=ClassificationTaskConfig)
@@ -421,6 +505,8 @@ class RunConfig(_Section):
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
+    compression: CompressionConfig = Field(default_factory=CompressionConfig)
+    simulation: SimulationConfig = Field(default_factory=SimulationConfig)
 
     @model_validator(mode="after")
     def _consistent(self) -> "RunConfig":
@@ -440,9 +526,37 @@ class RunConfig(_Section):
                 f"privacy.enabled needs cohort.selection.name 'uniform': '{self.cohort.selection.name}' picks "
                 "clients by their past losses and speeds, which the privacy accountant does not cover"
             )
+        self._check_strategy(size)
+        past = sorted(c for c in self.simulation.byzantine_ids() if c >= n)
+        if past:
+            raise ValueError(f"simulation.byzantine: client {past[0]} is past data.num_clients ({n}); ids count from 0")
         if self.data.dataset == "none" and isinstance(self.task, ClassificationTaskConfig):
             raise ValueError("data.dataset 'none' needs a task of type 'custom' that brings its own data")
         return self
+
+    def _check_strategy(self, cohort_size: int) -> None:
+        strategy, builtin = self.strategy, isinstance(self.task, ClassificationTaskConfig)
+        if strategy.robust is not None and self.privacy.enabled:
+            raise ValueError(
+                "strategy.robust cannot be combined with privacy.enabled: the privacy accountant covers the "
+                "clipped, noised mean, not a median or Krum; drop one of them"
+            )
+        if isinstance(strategy.robust, KrumConfig) and cohort_size < 2 * strategy.robust.num_malicious + 3:
+            raise ValueError(
+                f"strategy.robust.num_malicious: Krum tolerates f Byzantine clients among n > 2f + 2; "
+                f"the cohort has {cohort_size}, so f may be at most {max((cohort_size - 3) // 2, 0)}"
+            )
+        if self.privacy.enabled and strategy.name in ("fednova", "scaffold"):
+            raise ValueError(
+                f"privacy.enabled works with strategies that only need the clients' mean change; "
+                f"'{strategy.name}' also collects per-client step counts or control variates, which the "
+                "accountant does not cover: pick fedavg, fedavgm, fedprox or a server optimiser"
+            )
+        if strategy.name == "scaffold":
+            if not builtin and strategy.local_lr is None:
+                raise ValueError("strategy.local_lr: scaffold needs the custom task's local learning rate; set it")
+            if builtin and self.task.momentum:
+                raise ValueError("strategy 'scaffold' assumes plain local SGD (Karimireddy et al.); set task.momentum to 0")
 
     def _check_pools(self) -> None:
         names = set(self.pools)
@@ -571,10 +685,22 @@ def _explain(exc: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
+def _union_tags(*unions: Any) -> frozenset[str]:
+    """The discriminator values of the config's tagged unions ("fedavg", "classification", ...)."""
+    tags: set[str] = set()
+    for union in unions:
+        for model in typing.get_args(typing.get_args(union)[0]):
+            tag = next(iter(f for f in ("name", "type") if f in model.model_fields))
+            tags.update(typing.get_args(model.model_fields[tag].annotation))
+    return frozenset(tags)
+
+
+_UNION_TAGS = _union_tags(TaskConfig, StrategyConfig, SelectionConfig, RobustConfig)
+
+
 def _is_union_tag(part: Any) -> bool:
     # pydantic puts the discriminator value ("fedavg", "classification") in the location path.
-    return part in ("fedavg", "fedavgm", "fedprox", "fedadam", "fedyogi", "fedadagrad", "classification", "custom",
-                    "uniform", "speed", "oort", "power_of_choice")
+    return part in _UNION_TAGS
 
 
 def _suggest(loc: list[str]) -> str:

@@ -14,7 +14,7 @@ draws of earlier rounds when asked for a round out of sequence (after a resume).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Mapping, Protocol, Sequence
 
 import numpy as np
@@ -383,6 +383,10 @@ class WorkUnit:
     client_ids: tuple[int, ...]
     pools: tuple[str, ...] = ()  # where it may run, in order of preference; () means any pool
     part: int = 0  # 1.. for the one-client pieces of a unit split after repeated failures
+    # What the strategy sends along (see Strategy.shared) and its clients' carried state
+    # (SCAFFOLD's c_i, compression residuals): filled in by the controller at dispatch.
+    shared: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    state: Mapping[int, Mapping[str, Any]] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def order(self) -> tuple[int, int]:
@@ -390,7 +394,10 @@ class WorkUnit:
         return (self.unit_id, self.part)
 
     def split(self) -> list["WorkUnit"]:
-        return [WorkUnit(self.unit_id, (cid,), self.pools, i + 1) for i, cid in enumerate(self.client_ids)]
+        return [
+            WorkUnit(self.unit_id, (cid,), self.pools, i + 1, self.shared, {cid: self.state[cid]} if cid in self.state else {})
+            for i, cid in enumerate(self.client_ids)
+        ]
 
 
 # Partial sums in flight per round stay under this many bytes (counted at 8 bytes a value).

@@ -17,10 +17,11 @@ from .config import RunConfig
 from .errors import ConfigError
 from .controller._types import ClientReport, UnitResult
 from .policies import RoundClosePolicy, RoundProgress
-from .privacy import CLIPPED_METRIC, clip_update
 from .selection import WorkUnit, client_seed
-from .strategies import WeightedSum, resolve_precision
+from .simulation import attack, straggler_work
+from .strategies import WeightedSum, build_strategy, resolve_precision
 from .tasks import ClientData, Task, TrainContext, build_task
+from .updates import UpdatePipeline
 from .weights import Weights, check_update
 
 __all__ = ["ClientWorker", "InProcessPool"]
@@ -35,8 +36,17 @@ class ClientWorker:
         self._task: Task | None = None
         self._clients: list[np.ndarray] | None = None  # row indices per client
         self._dataset: Any = None
+        self._pipeline: UpdatePipeline | None = None
+        self._byzantine = config.simulation.byzantine_ids()
 
     # -- lazy set-up: the first call pays for imports and data loading ----------------
+    @property
+    def pipeline(self) -> UpdatePipeline:
+        if self._pipeline is None:
+            strategy = build_strategy(self.config.strategy, self.config.task, self.config.data.num_clients)
+            self._pipeline = UpdatePipeline(self.config, strategy)
+        return self._pipeline
+
     @property
     def task(self) -> Task:
         if self._task is None:
@@ -97,18 +107,34 @@ class ClientWorker:
 
     def run_unit(self, round: int, weights: Weights, unit: WorkUnit) -> UnitResult:
         self._load_data()
-        task = self.task
+        task, pipeline, seed = self.task, self.pipeline, self.config.run.seed
         params = sum(int(w.size) for w in weights)
         summed = WeightedSum(precision=resolve_precision(self.config.strategy.accumulate, params))
-        reports = []
+        one_by_one: list[tuple[int, float, Weights]] | None = [] if self.config.strategy.robust else None
+        reports, client_state = [], {}
+        sim = self.config.simulation
         for cid in unit.client_ids:  # client-id order: the partial sum's bits depend on nothing else
             start = time.perf_counter()
-            ctx = TrainContext(round, cid, self.config.run.seed, np.random.default_rng(client_seed(self.config.run.seed, round, cid)))
+            work = straggler_work(seed, round, cid, sim.stragglers)
+            if work is not None and sim.straggler_policy == "drop":
+                reports.append(self._report(cid, "late", start, reason=f"straggler (simulation.stragglers), did {work:.0%} of its work"))
+                continue
+            state = unit.state.get(cid, {})
+            ctx = TrainContext(
+                round, cid, seed, np.random.default_rng(client_seed(seed, round, cid)),
+                work=work, correction=pipeline.correction(state, unit.shared),
+            )
             try:
                 result = task.train(weights, self.client_data(cid), ctx)
                 reason = check_update(result.weights, weights)
                 if reason is None and not (isinstance(result.num_examples, (int, np.integer)) and result.num_examples >= 0):
                     reason = f"num_examples must be a non-negative int, got {result.num_examples!r}"
+                if reason is None and cid in self._byzantine:
+                    result.weights = attack(result.weights, weights, sim.attack, sim.attack_scale, seed, round, cid)
+                if reason is None:
+                    update, metrics = pipeline.process(
+                        round, cid, result.weights, weights, int(result.num_examples), result.metrics or {}, state, unit.shared
+                    )
             except Exception as exc:  # user code: one bad client must not sink the unit
                 log.warning("client %d failed in round %d: %r", cid, round, exc)
                 reports.append(self._report(cid, "failed", start, reason=f"{type(exc).__name__}: {exc}"))
@@ -117,16 +143,17 @@ class ClientWorker:
                 log.warning("rejected client %d's update in round %d: %s", cid, round, reason)
                 reports.append(self._report(cid, "rejected", start, reason=reason))
                 continue
-            metrics = result.metrics
-            dp = self.config.privacy
-            if dp.enabled:  # DP-FedAvg: sum clipped deltas, uniformly weighted; the controller adds the noise
-                delta, _, clipped = clip_update(result.weights, weights, dp.clip_norm)
-                summed.add(delta, 1)
-                metrics = {**(metrics or {}), CLIPPED_METRIC: float(clipped)}
+            if one_by_one is not None:
+                one_by_one.append((cid, update.weight, update.weights))
+                summed.total_weight += update.weight
+                summed.count += 1
             else:
-                summed.add(result.weights, int(result.num_examples))
+                summed.add(update.weights, update.weight)
+            summed.add_side(update.side)
+            if any(value is not state.get(key) for key, value in update.state.items()):  # the strategy set new state
+                client_state[cid] = update.state
             reports.append(self._report(cid, "ok", start, n=int(result.num_examples), metrics=metrics))
-        return UnitResult(unit.unit_id, summed, reports, part=unit.part)
+        return UnitResult(unit.unit_id, summed, reports, part=unit.part, updates=one_by_one, client_state=client_state)
 
     def evaluate(self, weights: Weights) -> dict[str, float]:
         self._load_data()

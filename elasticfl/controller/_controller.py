@@ -12,6 +12,7 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any, Callable
 
 import numpy as np
@@ -21,8 +22,10 @@ from ..config import RunConfig
 from ..errors import CheckpointNotFoundError, ConfigError, RunFailedError
 from ..policies import RoundClosePolicy
 from .. import privacy as dp
-from ..selection import build_selector, make_units
+from ..selection import WorkUnit, build_selector, make_units
 from ..strategies import WeightedSum, build_strategy
+from ..strategies import robust
+from ..updates import UPLINK_METRIC
 from ..weights import Weights, weights_nbytes, weights_sha256
 from ._types import ExecutorPool, RunState
 
@@ -52,7 +55,10 @@ class Controller:
         self.store = store
         self.resume = resume
         self.clock = clock
-        self.strategy = build_strategy(config.strategy)
+        self.strategy = build_strategy(config.strategy, config.task, config.data.num_clients)
+        self._shared = getattr(self.strategy, "shared", None)
+        # State clients carry from round to round (SCAFFOLD's c_i), by client id; checkpointed.
+        self.client_state: dict[int, dict[str, Any]] = {}
         n = config.data.num_clients
         cohort = config.cohort
         self.selector = build_selector(config)  # cohort.selection; seeded by the run, fed the history
@@ -139,6 +145,7 @@ class Controller:
         if self.selector.info:  # what it did, e.g. how many never-seen clients it explored
             selection["selection_info"] = dict(self.selector.info)
         units = make_units(cohort, self.config.executors.unit_size, sum(w.size for w in self.weights), self.placement)
+        units = self._with_state(units)
         results = sorted(self.pool.train_units(r, self.weights, units, self.close_policy), key=lambda u: u.order)
         trained = self.clock()
         if self.close_policy.abandoned:  # stopped mid-round: nothing of round r is kept
@@ -148,11 +155,13 @@ class Controller:
             return RunState.STOPPED
 
         summed = WeightedSum()
-        clients = []
+        clients, updates = [], []
         for unit in results:  # unit order: the float sums never depend on who ran what
             summed.merge(unit.summed)
             clients.extend(unit.clients)
-            unit.summed = None  # release the unit's partial sum (object store memory) now
+            updates.extend(unit.updates or ())
+            self.client_state.update(unit.client_state)
+            unit.summed = unit.updates = None  # release the unit's partial sum (object store memory) now
         clients.sort(key=lambda c: c.client_id)
         statuses = Counter(c.status for c in clients)
         ok = statuses["ok"]
@@ -168,6 +177,9 @@ class Controller:
                 summed, self.weights, clip_norm=p.clip_norm, noise_multiplier=p.noise_multiplier,
                 denominator=self._dp_denominator(), run_seed=self.config.run.seed, round=r,
             )
+        aggregation: dict[str, Any] = {}
+        if self.config.strategy.robust is not None:
+            aggregation = _robust_mean(self.config.strategy.robust, updates, summed)
         new_weights = self.strategy.aggregate(self.weights, summed)
         aggregated = self.clock()
         metrics = {}
@@ -195,8 +207,10 @@ class Controller:
             "clients_ok": ok,
             "clients_failed": statuses["failed"] + statuses["rejected"],
             "clients_late": statuses["late"],  # not waited for: the round closed at its target or deadline
+            **aggregation,
             "unit_retries": sum(u.attempts - 1 for u in results),
             "bytes_broadcast": weights_nbytes(self.weights),
+            **self._uplink_bytes(clients),
             "executors": self.pool.describe(),  # how many, where, how many replaced so far
             "clients": [c.to_dict() for c in clients],
         }
@@ -213,6 +227,24 @@ class Controller:
         if last:
             return RunState.COMPLETED
         return RunState.STOPPED if self._stop.is_set() else RunState.RUNNING
+
+    def _uplink_bytes(self, clients: list) -> dict[str, int]:
+        """What the ok clients' updates took on the wire, encoded and as plain weights."""
+        ok = [c for c in clients if c.status == "ok"]
+        raw = len(ok) * weights_nbytes(self.weights)
+        if self.config.compression.codec == "none":
+            return {"bytes_uplink": raw, "bytes_uplink_raw": raw}
+        return {"bytes_uplink": int(sum(c.metrics.get(UPLINK_METRIC, 0) for c in ok)), "bytes_uplink_raw": raw}
+
+    def _with_state(self, units: list[WorkUnit]) -> list[WorkUnit]:
+        """Attach what the strategy sends every client and each client's carried state."""
+        shared = self._shared(self.weights) if self._shared is not None else {}
+        if not shared and not self.client_state:
+            return units
+        return [
+            replace(u, shared=shared, state={c: self.client_state[c] for c in u.client_ids if c in self.client_state})
+            for u in units
+        ]
 
     # -- differential privacy --------------------------------------------------------------
     def _dp_denominator(self) -> int:
@@ -246,7 +278,7 @@ class Controller:
         """Save in the background so the next round overlaps the write; one save at a time."""
         self._wait_for_save()
         self._checkpointed_round = self.round
-        arrays, strategy_scalars = _flatten_state(self.weights or [], self.strategy.state_dict())
+        arrays, strategy_scalars = _flatten_state(self.weights or [], self.strategy.state_dict(), self.client_state)
         state = {
             "format": 1,
             "run_id": self.run_id,
@@ -291,7 +323,7 @@ class Controller:
                 f"cannot resume run {self.run_id!r}: {', '.join(changed)} differ from the checkpointed config; "
                 "resume with the same config (only run.rounds, executors, checkpoint and cluster may change)"
             )
-        weights, strategy_state = _unflatten_state(checkpoint.arrays, state.get("strategy", {}))
+        weights, strategy_state, self.client_state = _unflatten_state(checkpoint.arrays, state.get("strategy", {}))
         self.strategy.load_state_dict(strategy_state)
         self.weights = weights
         self.round = int(state["round"])
@@ -348,6 +380,27 @@ class Controller:
         self.store.write_json(STATUS_FILE, self.status())
 
 
+def _robust_mean(config, updates: list[tuple[int, float, Weights]], summed: WeightedSum) -> dict[str, Any]:
+    """Put the robust aggregate of the clients' updates where the weighted mean would go
+    (``summed``), so any strategy applies to it; returns what to record about it."""
+    updates.sort(key=lambda u: u[0])  # client-id order, whichever unit brought them
+    if not updates:
+        return {"aggregation": {"name": config.name, "clients": 0}}
+    arrays = [u[2] for u in updates]
+    info: dict[str, Any] = {"name": config.name, "clients": len(updates)}
+    if config.name == "median":
+        result = robust.coordinate_median(arrays)
+    elif config.name == "trimmed_mean":
+        result = robust.trimmed_mean(arrays, config.beta)
+    else:
+        result, kept = robust.krum(arrays, [u[1] for u in updates], config.num_malicious, config.num_to_keep)
+        info["kept"] = [updates[i][0] for i in kept]
+    summed.sums = [np.asarray(r, np.float64) for r in result]
+    summed.dtypes = [a.dtype.str for a in arrays[0]]
+    summed.total_weight = 1.0  # the aggregate stands for the weighted mean: mean() hands it back as it is
+    return {"aggregation": info}
+
+
 def _background_priority() -> None:
     """Checkpoint writing yields the CPU to the round in flight (Linux: per-thread nice)."""
     try:
@@ -356,7 +409,9 @@ def _background_priority() -> None:
         pass
 
 
-def _flatten_state(weights: Weights, strategy_state: dict[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+def _flatten_state(
+    weights: Weights, strategy_state: dict[str, Any], client_state: dict[int, dict[str, Any]] | None = None
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Arrays go to the checkpoint's binary part, everything else to its JSON."""
     arrays = {f"weights/{i}": w for i, w in enumerate(weights)}
     scalars: dict[str, Any] = {}
@@ -365,10 +420,15 @@ def _flatten_state(weights: Weights, strategy_state: dict[str, Any]) -> tuple[di
             arrays.update({f"strategy/{key}/{i}": v for i, v in enumerate(value)})
         else:
             scalars[key] = value
+    for cid, state in (client_state or {}).items():
+        for key, value in state.items():
+            arrays.update({f"client/{cid}/{key}/{i}": v for i, v in enumerate(value)})
     return arrays, scalars
 
 
-def _unflatten_state(arrays: dict[str, np.ndarray], scalars: dict[str, Any]) -> tuple[Weights, dict[str, Any]]:
+def _unflatten_state(
+    arrays: dict[str, np.ndarray], scalars: dict[str, Any]
+) -> tuple[Weights, dict[str, Any], dict[int, dict[str, Any]]]:
     def ordered(prefix: str) -> list[np.ndarray]:
         keys = sorted((k for k in arrays if k.startswith(prefix)), key=lambda k: int(k.rsplit("/", 1)[1]))
         return [np.array(arrays[k]) for k in keys]  # writable copies
@@ -376,4 +436,7 @@ def _unflatten_state(arrays: dict[str, np.ndarray], scalars: dict[str, Any]) -> 
     state: dict[str, Any] = dict(scalars)
     for name in {k.split("/")[1] for k in arrays if k.startswith("strategy/")}:
         state[name] = ordered(f"strategy/{name}/")
-    return ordered("weights/"), state
+    clients: dict[int, dict[str, Any]] = {}
+    for cid, key in {tuple(k.split("/")[1:3]) for k in arrays if k.startswith("client/")}:
+        clients.setdefault(int(cid), {})[key] = ordered(f"client/{cid}/{key}/")
+    return ordered("weights/"), state, clients

@@ -64,6 +64,11 @@ class UnitResult:
     clients: list[ClientReport]
     attempts: int = 1
     part: int = 0  # see WorkUnit.part
+    # Every ok client's (id, weight, update) in client-id order, instead of a sum in
+    # ``summed``, when the aggregation needs them one by one (strategy.robust).
+    updates: list[tuple[int, float, Weights]] | None = None
+    # The new carried state of the unit's ok clients (WorkUnit.state), by client id.
+    client_state: dict[int, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def order(self) -> tuple[int, int]:

@@ -66,7 +66,7 @@ def load_model(checkpoint: Checkpoint, run_id: str, now: float) -> LoadedModel:
         config = RunConfig.from_dict(checkpoint.state["config"], source=f"checkpoint {checkpoint.uri}")
     except (KeyError, TypeError, ConfigError) as exc:
         raise RequestError(500, f"run {run_id!r}: the config in {checkpoint.uri} is unusable: {exc}") from exc
-    weights, _ = _unflatten_state(checkpoint.arrays, {})
+    weights = _unflatten_state(checkpoint.arrays, {})[0]
     try:
         task = build_task(config.task)
     except (ElasticFLError, ImportError) as exc:

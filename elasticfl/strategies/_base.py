@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Sequence, runtime_checkable
+from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
 from ..weights import Weights
 
-__all__ = ["Strategy", "WeightedSum", "accumulator_dtype", "resolve_precision", "AUTO_FLOAT64_MAX_PARAMS"]
+__all__ = [
+    "Strategy", "WeightedSum", "ClientUpdate", "accumulator_dtype", "resolve_precision", "AUTO_FLOAT64_MAX_PARAMS",
+]
 
 
 # Models up to this many parameters are summed in float64 under "auto".
@@ -52,6 +54,20 @@ class WeightedSum:
     count: int = 0
     dtypes: list[str] = field(default_factory=list)
     precision: str = "float64"
+    # Unweighted sums a strategy asks its clients for besides the update (FedNova's
+    # Σ n·τ, SCAFFOLD's Σ Δc): floats or lists of arrays, merged by addition.
+    side: dict[str, Any] = field(default_factory=dict)
+
+    def add_side(self, side: Mapping[str, Any]) -> None:
+        for key, value in side.items():
+            have = self.side.get(key)
+            if have is None:
+                self.side[key] = [np.array(v, dtype=np.float64) for v in value] if isinstance(value, list) else float(value)
+            elif isinstance(have, list):
+                for acc, v in zip(have, value):
+                    np.add(acc, v, out=acc, casting="unsafe")
+            else:
+                self.side[key] = have + float(value)
 
     def add(self, update: Sequence[np.ndarray], weight: float) -> None:
         if self.sums is None:
@@ -77,8 +93,11 @@ class WeightedSum:
     def merge(self, other: "WeightedSum") -> None:
         """Add another unit's sums. The first unit's arrays are adopted, not copied: when
         they are read-only (zero-copy from Ray's object store) the next add makes new ones."""
+        if other.side:
+            self.add_side(other.side)
         if other.sums is None:
             self.count += other.count
+            self.total_weight += other.total_weight
             return
         if self.sums is None:
             self.sums = list(other.sums)
@@ -102,12 +121,35 @@ class WeightedSum:
         return mean
 
 
+@dataclass
+class ClientUpdate:
+    """One client's trained weights on their way into the round's aggregate.
+
+    A strategy with a client half (``prepare``) rewrites it on the executor:
+    FedNova normalises ``weights`` by the local steps, SCAFFOLD computes the new
+    control variate into ``state`` and its change into ``side``.
+    """
+
+    client_id: int
+    weights: Weights  # what gets aggregated
+    weight: float  # its weight in the mean (the client's examples)
+    local_steps: int | None = None  # the optimizer steps the task reported (metric "local_steps")
+    state: dict[str, Weights] = field(default_factory=dict)  # this client's carried state: old in, new out
+    side: dict[str, Any] = field(default_factory=dict)  # unweighted sums, see WeightedSum.side
+
+
 @runtime_checkable
 class Strategy(Protocol):
     """Turns one round's updates into the next global weights.
 
     ``needs_all_updates`` False means the strategy only needs a WeightedSum, so
     executors may pre-aggregate work units where the updates are.
+
+    Optional, for strategies with a client half (duck-typed, see SCAFFOLD and FedNova):
+    ``shared(global_weights) -> dict`` server state every client of the round gets;
+    ``correction(state, shared) -> Weights | None`` a gradient correction for local
+    training; ``prepare(update, global_weights, shared)`` rewrites a ClientUpdate on
+    the executor before it is summed.
     """
 
     name: str

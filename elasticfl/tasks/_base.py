@@ -38,6 +38,11 @@ class TrainContext:
     client_id: int
     run_seed: int
     rng: np.random.Generator = field(repr=False, compare=False)
+    # The share of its usual local steps to do, or None for all of them (a straggler,
+    # see simulation.stragglers). Tasks report the steps they took as metrics["local_steps"].
+    work: float | None = None
+    # SCAFFOLD's c − c_i in model order, to add to every local gradient; None otherwise.
+    correction: list[np.ndarray] | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass

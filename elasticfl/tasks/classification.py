@@ -6,6 +6,7 @@ only here, so the controller and the driver never load it.
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import numpy as np
@@ -128,10 +129,17 @@ class ClassificationTask:
         mu = self.proximal_mu
         params = [p for p in model.parameters() if p.requires_grad] if mu else []
         anchors = [p.detach().clone() for p in params]  # the global weights this round started from
+        corrections = self._corrections(model, ctx.correction)
+        steps_per_epoch = -(-len(data) // cfg.batch_size)
+        steps = cfg.epochs * steps_per_epoch
+        if ctx.work is not None:  # a straggler: a share of the steps, at least one
+            steps = max(1, math.ceil(ctx.work * steps))
         total, batches = 0.0, 0
-        for _ in range(cfg.epochs):
+        while batches < steps:
             order = torch.from_numpy(ctx.rng.permutation(len(data))).to(self._device)
             for start in range(0, len(data), cfg.batch_size):
+                if batches == steps:
+                    break
                 idx = order[start : start + cfg.batch_size]
                 opt.zero_grad(set_to_none=True)
                 loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
@@ -141,10 +149,24 @@ class ClassificationTask:
                         continue
                     # FedProx: the gradient of (mu/2)·||w - w_global||² is mu·(w - w_global)
                     p.grad.add_(p.detach() - g, alpha=mu)
+                for p, c in corrections:  # SCAFFOLD: g − c_i + c
+                    if p.grad is not None:
+                        p.grad.add_(c)
                 opt.step()
                 total = total + loss.detach()
                 batches += 1
-        return {"train_loss": float(total) / max(batches, 1)}
+        return {"train_loss": float(total) / max(batches, 1), "local_steps": float(batches)}
+
+    def _corrections(self, model: nn.Module, correction) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Pair each trainable parameter with its slice of a model-order correction."""
+        if correction is None:
+            return []
+        index = {name: i for i, name in enumerate(model.state_dict())}
+        return [
+            (p, torch.from_numpy(np.asarray(correction[index[name]], np.float32)).to(self._device).reshape(p.shape))
+            for name, p in model.named_parameters()
+            if p.requires_grad
+        ]
 
     # -- central evaluation ------------------------------------------------------
     def evaluate(self, weights: Weights, data: ClientData) -> dict[str, float]:
