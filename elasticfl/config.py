@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .adaptive_clip import adaptive_noise_params
 from .errors import ConfigError
 
 __all__ = [
@@ -58,6 +59,7 @@ __all__ = [
     "ClusterConfig",
     "EvaluationConfig",
     "PrivacyConfig",
+    "AdaptiveClippingConfig",
     "Environment",
     "DEFAULT_STORAGE",
 ]
@@ -450,6 +452,14 @@ class EvaluationConfig(_Section):
     every: int = Field(1, ge=0)  # centralised evaluation every N rounds; 0 turns it off
 
 
+class AdaptiveClippingConfig(_Section):
+    """The clip norm follows a quantile of the clients' update norms (privately estimated)."""
+
+    target_quantile: float = Field(0.5, gt=0, lt=1)  # γ: the share of clients whose update should fit unclipped
+    learning_rate: float = Field(0.2, gt=0)  # η_C: C ← C·exp(−η_C·(noisy unclipped share − γ))
+    count_noise_std: float | None = Field(None, ge=0)  # σ_b, the noise on the unclipped count; default cohort / 20
+
+
 class PrivacyConfig(_Section):
     """Central differential privacy (DP-FedAvg): per-client clipping, Gaussian noise on the sum, an accountant."""
 
@@ -457,6 +467,8 @@ class PrivacyConfig(_Section):
     clip_norm: float = Field(1.0, gt=0)  # L2 bound C on each client's update (client weights - global weights)
     noise_multiplier: float = Field(1.0, ge=0)  # z: the round's noise is N(0, (z*C)^2) on the sum of clipped updates
     delta: float = Field(1e-5, gt=0, lt=1)  # the target delta the accountant reports epsilon for
+    # Adaptive clipping (Andrew et al., 2021): clip_norm is then the starting clip norm.
+    adaptive_clipping: AdaptiveClippingConfig | None = None
 
 
 class CompressionConfig(_Section):
@@ -521,6 +533,8 @@ class RunConfig(_Section):
                 f"cohort.min_clients ({self.cohort.min_clients}) exceeds the cohort size ({size}); lower it"
             )
         self._check_pools()
+        if self.privacy.enabled and self.privacy.adaptive_clipping is not None:
+            adaptive_noise_params(self.privacy.noise_multiplier, size, self.privacy.adaptive_clipping.count_noise_std)
         if self.privacy.enabled and self.cohort.selection.name != "uniform":
             raise ValueError(
                 f"privacy.enabled needs cohort.selection.name 'uniform': '{self.cohort.selection.name}' picks "

@@ -29,10 +29,13 @@ from typing import Sequence
 
 import numpy as np
 
+from . import adaptive_clip
 from .strategies import WeightedSum
 from .weights import Weights
 
 __all__ = [
+    "DPFedAvg",
+    "CLIP_NORM",
     "DEFAULT_ORDERS",
     "clip_update",
     "privatize",
@@ -49,6 +52,8 @@ DEFAULT_ORDERS: tuple[float, ...] = tuple([1 + x / 10.0 for x in range(1, 100)] 
 # The client metric the executor reports clipping in (1.0 clipped, 0.0 not); the
 # controller turns it into the round's clipped_fraction.
 CLIPPED_METRIC = "dp_clipped"
+# The key of the round's clip norm in what the controller sends every client (adaptive clipping).
+CLIP_NORM = "dp_clip_norm"
 # Keeps the noise stream apart from the clients' streams (which are seeded [seed, round, client]).
 _NOISE_KEY = 0xD9F0
 
@@ -221,3 +226,74 @@ def epsilon(q: float, noise_multiplier: float, steps: int, delta: float, orders:
 def sampling_rate(selected: int, num_clients: int) -> float:
     """The rate the accountant uses: every selected client may contribute, so over-selected ones count."""
     return min(1.0, selected / num_clients)
+
+
+# -- one run's DP-FedAvg: what the controller asks of it ----------------------------------
+
+class DPFedAvg:
+    """The privacy side of a run's rounds: the clip norm to send, the noise to add, the
+    ε spent; with ``privacy.adaptive_clipping`` the clip norm follows a quantile of the
+    clients' update norms (Andrew et al. 2021, see elasticfl/adaptive_clip.py).
+
+    ``denominator`` is the fixed denominator, the round's target cohort size m;
+    ``selected`` over ``num_clients`` is the sampling rate the accountant uses.
+    """
+
+    def __init__(self, config, *, run_seed: int, denominator: int, selected: int, num_clients: int) -> None:
+        self.config = config  # the run's privacy section
+        self.run_seed = run_seed
+        self.denominator = denominator
+        self.rate = sampling_rate(selected, num_clients)
+        # The accountant composes the configured z; with adaptive clipping the update noise
+        # z_Δ and the count noise σ_b together spend exactly that (the paper's Theorem 1).
+        self._rdp = compute_rdp(self.rate, config.noise_multiplier, 1)
+        self.clip_norm = float(config.clip_norm)  # C_t: adaptive clipping moves it after every round
+        self.adaptive = config.adaptive_clipping
+        self.update_noise, self.count_noise = (config.noise_multiplier, 0.0)
+        if self.adaptive is not None:
+            self.update_noise, self.count_noise = adaptive_clip.adaptive_noise_params(
+                config.noise_multiplier, denominator, self.adaptive.count_noise_std
+            )
+
+    def shared(self) -> dict[str, float]:
+        """What every client of the round is sent: the clip norm to clip to."""
+        return {CLIP_NORM: self.clip_norm}
+
+    def privatize(self, summed: WeightedSum, global_weights: Weights, round: int, clients: list) -> tuple[WeightedSum, dict]:
+        """Noise the round's sum of clipped deltas, move the clip norm; returns the noised
+        sum and the round's ``privacy`` history record."""
+        ok = [c for c in clients if c.status == "ok"]
+        flags = [c.metrics.get(CLIPPED_METRIC, 0.0) for c in ok]
+        used = self.clip_norm
+        noised = privatize(
+            summed, global_weights, clip_norm=used, noise_multiplier=self.update_noise,
+            denominator=self.denominator, run_seed=self.run_seed, round=round,
+        )
+        eps, order = rdp_to_epsilon(self._rdp * round, self.config.delta)
+        record = {
+            "epsilon": None if not np.isfinite(eps) else eps,  # None: no noise, no guarantee
+            "delta": self.config.delta,
+            "rdp_order": None if not np.isfinite(order) else order,
+            "sampling_rate": self.rate,
+            "noise_multiplier": self.config.noise_multiplier,
+            "clip_norm": used,
+            "clipped_fraction": float(np.mean(flags)) if flags else 0.0,
+        }
+        if self.adaptive is not None:
+            unclipped = int(sum(1 for f in flags if not f))
+            self.clip_norm, fraction = adaptive_clip.next_clip_norm(
+                used, unclipped, self.denominator, target_quantile=self.adaptive.target_quantile,
+                learning_rate=self.adaptive.learning_rate, count_noise_std=self.count_noise,
+                rng=adaptive_clip.count_noise_rng(self.run_seed, round), reported_clients=len(ok),
+            )
+            record.update(
+                update_noise_multiplier=self.update_noise, count_noise_std=self.count_noise,
+                noisy_unclipped_fraction=fraction, next_clip_norm=self.clip_norm,
+            )
+        return noised, record
+
+    def state_dict(self) -> dict[str, float]:
+        return {"clip_norm": self.clip_norm}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.clip_norm = float(state.get("clip_norm", self.config.clip_norm))

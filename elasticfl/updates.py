@@ -14,7 +14,7 @@ import numpy as np
 
 from . import compression
 from .config import RunConfig
-from .privacy import CLIPPED_METRIC, clip_update
+from .privacy import CLIP_NORM, CLIPPED_METRIC, clip_update
 from .strategies import ClientUpdate, Strategy
 from .strategies.robust import bound_norm
 from .weights import Weights
@@ -67,7 +67,7 @@ class UpdatePipeline:
             update.weights, metrics[NORM_METRIC] = bound_norm(update.weights, global_weights, bound)
         dp = self.config.privacy
         if dp.enabled:  # DP-FedAvg: clipped deltas, uniformly weighted; the controller adds the noise
-            delta, _, clipped = clip_update(update.weights, global_weights, dp.clip_norm)
+            delta, _, clipped = clip_update(update.weights, global_weights, shared.get(CLIP_NORM, dp.clip_norm))
             update.weights, update.weight = delta, 1.0
             metrics[CLIPPED_METRIC] = float(clipped)
         return update, metrics

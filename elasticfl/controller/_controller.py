@@ -65,9 +65,10 @@ class Controller:
         self.quorum = cohort.min_clients or 1
         self.close_policy = RoundClosePolicy(cohort.size(n), self.quorum, cohort.deadline_s, cohort.over_select > 0)
         self.placement = config.client_pools()
-        # DP-FedAvg: the accountant's per-round RDP (rate: selected / num_clients), composed by round count
-        self._dp_rate = dp.sampling_rate(cohort.selected(n), n)
-        self._dp_rdp = dp.compute_rdp(self._dp_rate, config.privacy.noise_multiplier, 1) if config.privacy.enabled else None
+        self.privacy = (  # DP-FedAvg: clip norm, noise, accountant
+            dp.DPFedAvg(config.privacy, run_seed=config.run.seed, denominator=cohort.size(n), selected=cohort.selected(n), num_clients=n)
+            if config.privacy.enabled else None
+        )
         self.state = RunState.PENDING
         self.round = 0  # the last completed round
         self.weights: Weights | None = None
@@ -171,12 +172,9 @@ class Controller:
                 f"round {r}: {ok} of {len(cohort)} clients returned a usable update, fewer than "
                 f"cohort.min_clients={self.quorum}; reasons: {reasons or 'none reported'}"
             )
-        if self.config.privacy.enabled:  # noise once per round, on the sum of every unit's clipped deltas
-            p = self.config.privacy
-            summed = dp.privatize(
-                summed, self.weights, clip_norm=p.clip_norm, noise_multiplier=p.noise_multiplier,
-                denominator=self._dp_denominator(), run_seed=self.config.run.seed, round=r,
-            )
+        privacy: dict[str, Any] = {}
+        if self.privacy is not None:  # noise once per round, on the sum of every unit's clipped deltas
+            summed, privacy["privacy"] = self.privacy.privatize(summed, self.weights, r, clients)
         aggregation: dict[str, Any] = {}
         if self.config.strategy.robust is not None:
             aggregation = _robust_mean(self.config.strategy.robust, updates, summed)
@@ -214,8 +212,7 @@ class Controller:
             "executors": self.pool.describe(),  # how many, where, how many replaced so far
             "clients": [c.to_dict() for c in clients],
         }
-        if self.config.privacy.enabled:
-            record["privacy"] = self._privacy_record(r, clients)
+        record.update(privacy)
         with self._lock:
             self.weights = new_weights
             self.round = r
@@ -239,6 +236,8 @@ class Controller:
     def _with_state(self, units: list[WorkUnit]) -> list[WorkUnit]:
         """Attach what the strategy sends every client and each client's carried state."""
         shared = self._shared(self.weights) if self._shared is not None else {}
+        if self.privacy is not None:
+            shared = {**shared, **self.privacy.shared()}
         if not shared and not self.client_state:
             return units
         return [
@@ -246,32 +245,12 @@ class Controller:
             for u in units
         ]
 
-    # -- differential privacy --------------------------------------------------------------
-    def _dp_denominator(self) -> int:
-        """DP-FedAvg's fixed denominator: the round's target cohort size (not who arrived)."""
-        return self.config.cohort.size(self.config.data.num_clients)
-
     def _privacy_status(self, last: dict[str, Any] | None) -> dict[str, Any]:
         """The status's ``privacy`` entry (ε spent so far, for δ); none when privacy is off."""
-        if not self.config.privacy.enabled:
+        if self.privacy is None:
             return {}
         eps = last["privacy"]["epsilon"] if last and "privacy" in last else 0.0
         return {"privacy": {"epsilon": eps, "delta": self.config.privacy.delta}}
-
-    def _privacy_record(self, r: int, clients: list) -> dict[str, Any]:
-        p = self.config.privacy
-        assert self._dp_rdp is not None
-        eps, order = dp.rdp_to_epsilon(self._dp_rdp * r, p.delta)
-        flags = [c.metrics.get(dp.CLIPPED_METRIC, 0.0) for c in clients if c.status == "ok"]
-        return {
-            "epsilon": None if not np.isfinite(eps) else eps,  # None: no noise, no guarantee
-            "delta": p.delta,
-            "rdp_order": None if not np.isfinite(order) else order,
-            "sampling_rate": self._dp_rate,
-            "noise_multiplier": p.noise_multiplier,
-            "clip_norm": p.clip_norm,
-            "clipped_fraction": float(np.mean(flags)) if flags else 0.0,
-        }
 
     # -- checkpoints -------------------------------------------------------------------
     def _checkpoint(self) -> None:
@@ -285,6 +264,7 @@ class Controller:
             "round": self.round,
             "config": self.config.to_dict(),
             "strategy": strategy_scalars,
+            **({"privacy": self.privacy.state_dict()} if self.privacy is not None else {}),
         }
         self._pending_save = self._saver.submit(self._save, self.round, arrays, state)
 
@@ -325,6 +305,8 @@ class Controller:
             )
         weights, strategy_state, self.client_state = _unflatten_state(checkpoint.arrays, state.get("strategy", {}))
         self.strategy.load_state_dict(strategy_state)
+        if self.privacy is not None:
+            self.privacy.load_state_dict(state.get("privacy", {}))
         self.weights = weights
         self.round = int(state["round"])
         self.history = self.store.read_round_records(self.round)

@@ -222,3 +222,51 @@ def test_privacy_refuses_selectors_the_accountant_does_not_cover():
     with pytest.raises(ConfigError, match="privacy.enabled needs cohort.selection.name 'uniform'"):
         RunConfig.from_dict({"privacy": {"enabled": True}, "cohort": {"selection": {"name": "oort"}}})
     RunConfig.from_dict({"privacy": {"enabled": True}, "cohort": {"selection": {"name": "uniform"}}})
+
+
+# -- adaptive clipping (Andrew et al. 2021) through the controller --------------------------------
+
+def adaptive_config(rounds=4, clip=5.0, z=0.1, **adaptive):
+    cfg = dp_config(rounds=rounds, clip=clip, z=z).to_dict()
+    cfg["privacy"]["adaptive_clipping"] = {"target_quantile": 0.5, "learning_rate": 0.5, **adaptive}
+    return RunConfig.from_dict(cfg)
+
+
+def test_adaptive_clipping_moves_the_clip_norm_towards_the_update_norms(tmp_path):
+    from elasticfl import adaptive_clip
+
+    c = make(adaptive_config(rounds=12), tmp_path)
+    assert c.run() is RunState.COMPLETED
+    recs = [h["privacy"] for h in c.history]
+    # NoisyMean's update norms are ~0.35: a clip norm of 5 clips nobody, so it shrinks every round
+    assert recs[0]["clip_norm"] == 5.0 and recs[0]["clipped_fraction"] == 0.0
+    assert all(b["clip_norm"] == a["next_clip_norm"] for a, b in zip(recs, recs[1:]))
+    assert recs[-1]["clip_norm"] < 1.0
+    # each step is the geometric update on the noisy count, drawn from (seed, round)
+    z_delta, sigma_b = adaptive_clip.adaptive_noise_params(0.1, 5)
+    for r, rec in enumerate(recs, start=1):
+        ok = [cl for cl in c.history[r - 1]["clients"] if cl["status"] == "ok"]
+        unclipped = sum(1 for cl in ok if not cl["metrics"][dp.CLIPPED_METRIC])
+        expected = adaptive_clip.next_clip_norm(
+            rec["clip_norm"], unclipped, 5, target_quantile=0.5, learning_rate=0.5, count_noise_std=sigma_b,
+            rng=adaptive_clip.count_noise_rng(3, r), reported_clients=len(ok),
+        )
+        assert (rec["next_clip_norm"], rec["noisy_unclipped_fraction"]) == expected
+        assert rec["update_noise_multiplier"] == z_delta > 0.1  # the update noise pays for the count's
+
+
+def test_adaptive_clipping_resumes_with_its_clip_norm(tmp_path):
+    whole = make(adaptive_config(rounds=5), tmp_path / "a")
+    whole.run()
+    make(adaptive_config(rounds=2), tmp_path / "b").run()
+    resumed = make(adaptive_config(rounds=5), tmp_path / "b", resume=True)
+    resumed.run()
+    assert resumed.status()["weights_sha256"] == whole.status()["weights_sha256"]
+    assert [h["privacy"] for h in resumed.history] == [h["privacy"] for h in whole.history]
+
+
+def test_adaptive_clipping_refuses_noise_it_cannot_split():
+    # cohort 5: σ_b defaults to 5/20 = 0.25, and z must stay below 2σ_b = 0.5
+    with pytest.raises(ConfigError, match="privacy.noise_multiplier"):
+        adaptive_config(z=1.0)
+    adaptive_config(z=1.0, count_noise_std=1.0)  # a larger count noise makes room
