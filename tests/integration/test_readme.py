@@ -131,11 +131,18 @@ SECTIONS: dict[str, list[type[BaseModel]]] = {
     "executors": [cfg.ExecutorConfig],
     "pools.<name>": [cfg.PoolConfig],
     "clients": [cfg.ClientRule],
-    "strategy": [cfg.FedAvgConfig, cfg.FedAvgMConfig, cfg.FedProxConfig, cfg.FedAdamConfig, cfg.FedYogiConfig, cfg.FedAdagradConfig],
+    "strategy": [
+        cfg.FedAvgConfig, cfg.FedAvgMConfig, cfg.FedProxConfig, cfg.FedAdamConfig, cfg.FedYogiConfig, cfg.FedAdagradConfig,
+        cfg.FedNovaConfig, cfg.ScaffoldConfig,
+    ],
+    "strategy.robust": [cfg.MedianConfig, cfg.TrimmedMeanConfig, cfg.KrumConfig],
+    "compression": [cfg.CompressionConfig],
+    "simulation": [cfg.SimulationConfig],
     "checkpoint": [cfg.CheckpointConfig],
     "cluster": [cfg.ClusterConfig],
     "evaluation": [cfg.EvaluationConfig],
     "privacy": [cfg.PrivacyConfig],
+    "privacy.adaptive_clipping": [cfg.AdaptiveClippingConfig],
 }
 
 
