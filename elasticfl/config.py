@@ -55,6 +55,7 @@ __all__ = [
     "RobustConfig",
     "SimulationConfig",
     "CompressionConfig",
+    "AsynchronousConfig",
     "CheckpointConfig",
     "ClusterConfig",
     "EvaluationConfig",
@@ -471,6 +472,17 @@ class PrivacyConfig(_Section):
     adaptive_clipping: AdaptiveClippingConfig | None = None
 
 
+class AsynchronousConfig(_Section):
+    """Buffered asynchronous training (FedBuff): no rounds to wait for; the server steps
+    every ``buffer_size`` arrivals. ``run.rounds`` counts those server steps."""
+
+    enabled: bool = False
+    buffer_size: int = Field(10, ge=1)  # K: the server steps after this many client updates
+    concurrency: int = Field(20, ge=1)  # clients training at any time
+    staleness_exponent: float = Field(0.5, ge=0)  # an update τ versions old counts (1 + τ)^−a
+    max_staleness: int | None = Field(None, ge=0)  # older updates are dropped (status "stale")
+
+
 class CompressionConfig(_Section):
     """How clients encode their updates for the uplink (see elasticfl/compression.py)."""
 
@@ -518,6 +530,7 @@ class RunConfig(_Section):
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     compression: CompressionConfig = Field(default_factory=CompressionConfig)
+    asynchronous: AsynchronousConfig = Field(default_factory=AsynchronousConfig)
     simulation: SimulationConfig = Field(default_factory=SimulationConfig)
 
     @model_validator(mode="after")
@@ -541,6 +554,7 @@ class RunConfig(_Section):
                 "clients by their past losses and speeds, which the privacy accountant does not cover"
             )
         self._check_strategy(size)
+        self._check_asynchronous()
         past = sorted(c for c in self.simulation.byzantine_ids() if c >= n)
         if past:
             raise ValueError(f"simulation.byzantine: client {past[0]} is past data.num_clients ({n}); ids count from 0")
@@ -571,6 +585,24 @@ class RunConfig(_Section):
                 raise ValueError("strategy.local_lr: scaffold needs the custom task's local learning rate; set it")
             if builtin and self.task.momentum:
                 raise ValueError("strategy 'scaffold' assumes plain local SGD (Karimireddy et al.); set task.momentum to 0")
+
+    def _check_asynchronous(self) -> None:
+        if not self.asynchronous.enabled:
+            return
+        n, a = self.data.num_clients, self.asynchronous
+        if a.concurrency > n:
+            raise ValueError(f"asynchronous.concurrency ({a.concurrency}) exceeds data.num_clients ({n}); lower it")
+        refused = [
+            (self.privacy.enabled, "privacy.enabled", "the accountant assumes rounds of sampled clients"),
+            (self.strategy.robust is not None, "strategy.robust", "a buffer of stale updates has no cohort to take a median of"),
+            (self.strategy.name == "scaffold", "strategy 'scaffold'", "its control variates assume synchronous rounds"),
+            (self.cohort.selection.name != "uniform", "cohort.selection", "clients are drawn uniformly as slots free up"),
+            (self.cohort.deadline_s is not None or self.cohort.over_select > 0, "cohort.deadline_s / cohort.over_select",
+             "nobody waits for stragglers in asynchronous training"),
+        ]
+        for bad, field, why in refused:
+            if bad:
+                raise ValueError(f"asynchronous.enabled cannot be combined with {field}: {why}; drop one of them")
 
     def _check_pools(self) -> None:
         names = set(self.pools)

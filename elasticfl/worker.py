@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from typing import Any
 
 import numpy as np
@@ -24,7 +25,7 @@ from .tasks import ClientData, Task, TrainContext, build_task
 from .updates import UpdatePipeline
 from .weights import Weights, check_update
 
-__all__ = ["ClientWorker", "InProcessPool"]
+__all__ = ["ClientWorker", "InProcessPool", "InProcessStream"]
 
 log = logging.getLogger("elasticfl.worker")
 
@@ -166,6 +167,22 @@ class ClientWorker:
         return ClientReport(cid, status, n, round(time.perf_counter() - start, 6), self.node_id, reason, dict(metrics or {}))
 
 
+class InProcessStream:
+    """Asynchronous training in this process: units run one at a time, first in, first out,
+    which makes the arrival order (and so every staleness) a function of the config."""
+
+    def __init__(self, worker: ClientWorker) -> None:
+        self.worker = worker
+        self.queue: deque[tuple[WorkUnit, Weights]] = deque()
+
+    def submit(self, unit: WorkUnit, weights: Weights) -> None:
+        self.queue.append((unit, weights))
+
+    def next(self) -> UnitResult:
+        unit, weights = self.queue.popleft()
+        return self.worker.run_unit(unit.unit_id, weights, unit)  # a dispatch's number seeds its client
+
+
 class InProcessPool:
     """Runs every unit in this process, in order: for tests and for debugging without Ray."""
 
@@ -192,6 +209,9 @@ class InProcessPool:
             results.append(self.worker.run_unit(round, weights, unit))
             ok += sum(c.status == "ok" for c in results[-1].clients)
         return results
+
+    def open_stream(self) -> InProcessStream:
+        return InProcessStream(self.worker)
 
     def evaluate(self, weights: Weights) -> dict[str, float]:
         return self.worker.evaluate(weights)

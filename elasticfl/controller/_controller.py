@@ -27,6 +27,7 @@ from ..strategies import WeightedSum, build_strategy
 from ..strategies import robust
 from ..updates import UPLINK_METRIC
 from ..weights import Weights, weights_nbytes, weights_sha256
+from ._buffered import BufferedAsync
 from ._types import ExecutorPool, RunState
 
 __all__ = ["Controller", "STATUS_FILE"]
@@ -35,7 +36,7 @@ log = logging.getLogger("elasticfl.controller")
 STATUS_FILE = "status.json"
 
 # Config sections whose change would make a resumed run compute something else.
-_DETERMINING = ("task", "data", "cohort", "strategy", "privacy")
+_DETERMINING = ("task", "data", "cohort", "strategy", "privacy", "compression", "simulation", "asynchronous")
 
 
 class Controller:
@@ -59,6 +60,9 @@ class Controller:
         self._shared = getattr(self.strategy, "shared", None)
         # State clients carry from round to round (SCAFFOLD's c_i), by client id; checkpointed.
         self.client_state: dict[int, dict[str, Any]] = {}
+        # Asynchronous training (FedBuff) in place of rounds, where configured.
+        self.buffered = BufferedAsync(config) if config.asynchronous.enabled else None
+        self._stream = None
         n = config.data.num_clients
         cohort = config.cohort
         self.selector = build_selector(config)  # cohort.selection; seeded by the run, fed the history
@@ -141,43 +145,18 @@ class Controller:
         assert self.weights is not None
         r = self.round + 1
         started = self.clock()
-        cohort = self.selector.cohort(r, self.history)
-        selection: dict[str, Any] = {"selection": self.selector.name}
-        if self.selector.info:  # what it did, e.g. how many never-seen clients it explored
-            selection["selection_info"] = dict(self.selector.info)
-        units = make_units(cohort, self.config.executors.unit_size, sum(w.size for w in self.weights), self.placement)
-        units = self._with_state(units)
-        results = sorted(self.pool.train_units(r, self.weights, units, self.close_policy), key=lambda u: u.order)
+        trained_round = self._train_buffered(r) if self.buffered is not None else self._train_round(r)
         trained = self.clock()
-        if self.close_policy.abandoned:  # stopped mid-round: nothing of round r is kept
+        if trained_round is None:  # stopped mid-round: nothing of round r is kept
             log.info("run %s: round %d abandoned by a stop", self.run_id, r)
             if self._checkpointed_round != self.round:
                 self._checkpoint()
             return RunState.STOPPED
-
-        summed = WeightedSum()
-        clients, updates = [], []
-        for unit in results:  # unit order: the float sums never depend on who ran what
-            summed.merge(unit.summed)
-            clients.extend(unit.clients)
-            updates.extend(unit.updates or ())
-            self.client_state.update(unit.client_state)
-            unit.summed = unit.updates = None  # release the unit's partial sum (object store memory) now
-        clients.sort(key=lambda c: c.client_id)
-        statuses = Counter(c.status for c in clients)
-        ok = statuses["ok"]
-        if ok < self.quorum:
-            reasons = sorted({c.reason for c in clients if c.reason})[:3]
-            raise RunFailedError(
-                f"round {r}: {ok} of {len(cohort)} clients returned a usable update, fewer than "
-                f"cohort.min_clients={self.quorum}; reasons: {reasons or 'none reported'}"
-            )
-        privacy: dict[str, Any] = {}
+        summed, clients, updates, fields = trained_round
         if self.privacy is not None:  # noise once per round, on the sum of every unit's clipped deltas
-            summed, privacy["privacy"] = self.privacy.privatize(summed, self.weights, r, clients)
-        aggregation: dict[str, Any] = {}
+            summed, fields["privacy"] = self.privacy.privatize(summed, self.weights, r, clients)
         if self.config.strategy.robust is not None:
-            aggregation = _robust_mean(self.config.strategy.robust, updates, summed)
+            fields.update(_robust_mean(self.config.strategy.robust, updates, summed))
         new_weights = self.strategy.aggregate(self.weights, summed)
         aggregated = self.clock()
         metrics = {}
@@ -189,6 +168,7 @@ class Controller:
         if train_losses:
             metrics["train_loss"] = float(np.mean(train_losses))
 
+        statuses = Counter(c.status for c in clients)
         record = {
             "round": r,
             "started_at": started,
@@ -199,20 +179,15 @@ class Controller:
                 "evaluate": round(evaluated - aggregated, 6),
             },
             "metrics": metrics,
-            "cohort": [int(c) for c in cohort],
-            **selection,
-            "units": len(units),
-            "clients_ok": ok,
+            **fields,
+            "clients_ok": statuses["ok"],
             "clients_failed": statuses["failed"] + statuses["rejected"],
             "clients_late": statuses["late"],  # not waited for: the round closed at its target or deadline
-            **aggregation,
-            "unit_retries": sum(u.attempts - 1 for u in results),
             "bytes_broadcast": weights_nbytes(self.weights),
             **self._uplink_bytes(clients),
             "executors": self.pool.describe(),  # how many, where, how many replaced so far
             "clients": [c.to_dict() for c in clients],
         }
-        record.update(privacy)
         with self._lock:
             self.weights = new_weights
             self.round = r
@@ -224,6 +199,50 @@ class Controller:
         if last:
             return RunState.COMPLETED
         return RunState.STOPPED if self._stop.is_set() else RunState.RUNNING
+
+    def _train_round(self, r: int):
+        """A synchronous round: select a cohort, train it in work units, gather the units'
+        sums. None when a stop abandoned it; else (sum, client reports, per-client updates
+        for robust aggregation, fields for the history record)."""
+        cohort = self.selector.cohort(r, self.history)
+        fields: dict[str, Any] = {"cohort": [int(c) for c in cohort], "selection": self.selector.name}
+        if self.selector.info:  # what it did, e.g. how many never-seen clients it explored
+            fields["selection_info"] = dict(self.selector.info)
+        units = make_units(cohort, self.config.executors.unit_size, sum(w.size for w in self.weights), self.placement)
+        results = sorted(self.pool.train_units(r, self.weights, self._with_state(units), self.close_policy), key=lambda u: u.order)
+        if self.close_policy.abandoned:
+            return None
+        summed = WeightedSum()
+        clients, updates = [], []
+        for unit in results:  # unit order: the float sums never depend on who ran what
+            summed.merge(unit.summed)
+            clients.extend(unit.clients)
+            updates.extend(unit.updates or ())
+            self.client_state.update(unit.client_state)
+            unit.summed = unit.updates = None  # release the unit's partial sum (object store memory) now
+        clients.sort(key=lambda c: c.client_id)
+        ok = sum(c.status == "ok" for c in clients)
+        if ok < self.quorum:
+            reasons = sorted({c.reason for c in clients if c.reason})[:3]
+            raise RunFailedError(
+                f"round {r}: {ok} of {len(cohort)} clients returned a usable update, fewer than "
+                f"cohort.min_clients={self.quorum}; reasons: {reasons or 'none reported'}"
+            )
+        fields.update(units=len(units), unit_retries=sum(u.attempts - 1 for u in results))
+        return summed, clients, updates, fields
+
+    def _train_buffered(self, r: int):
+        """An asynchronous server step (FedBuff): collect ``buffer_size`` arrivals."""
+        if self._stream is None:  # the first step of this controller: start (or, resumed, restart) the stream
+            self._stream = self.pool.open_stream()
+            self.buffered.resubmit(self._stream, self.client_state)
+        step = self.buffered.collect(
+            self._stream, self.round, self.weights, self.client_state, lambda: self.close_policy.abandoned
+        )
+        if step is None:
+            return None
+        summed, clients, fields = step
+        return summed, clients, [], fields
 
     def _uplink_bytes(self, clients: list) -> dict[str, int]:
         """What the ok clients' updates took on the wire, encoded and as plain weights."""
@@ -258,6 +277,11 @@ class Controller:
         self._wait_for_save()
         self._checkpointed_round = self.round
         arrays, strategy_scalars = _flatten_state(self.weights or [], self.strategy.state_dict(), self.client_state)
+        extra: dict[str, Any] = {}
+        if self.buffered is not None:
+            extra["asynchronous"], versions = self.buffered.state(self.round)
+            for v, weights in versions.items():
+                arrays.update({f"version/{v}/{i}": a for i, a in enumerate(weights)})
         state = {
             "format": 1,
             "run_id": self.run_id,
@@ -265,6 +289,7 @@ class Controller:
             "config": self.config.to_dict(),
             "strategy": strategy_scalars,
             **({"privacy": self.privacy.state_dict()} if self.privacy is not None else {}),
+            **extra,
         }
         self._pending_save = self._saver.submit(self._save, self.round, arrays, state)
 
@@ -307,6 +332,10 @@ class Controller:
         self.strategy.load_state_dict(strategy_state)
         if self.privacy is not None:
             self.privacy.load_state_dict(state.get("privacy", {}))
+        if self.buffered is not None:
+            older = {int(k.split("/")[1]) for k in checkpoint.arrays if k.startswith("version/")}
+            versions = {v: [np.array(checkpoint.arrays[f"version/{v}/{i}"]) for i in range(len(weights))] for v in older}
+            self.buffered.load(state.get("asynchronous", {}), versions, int(state["round"]), weights)
         self.weights = weights
         self.round = int(state["round"])
         self.history = self.store.read_round_records(self.round)

@@ -11,7 +11,7 @@ from ..selection import WorkUnit
 from ..strategies import WeightedSum
 from ..weights import Weights
 
-__all__ = ["RunState", "ClientReport", "UnitResult", "ExecutorPool"]
+__all__ = ["RunState", "ClientReport", "UnitResult", "ExecutorPool", "UnitStream"]
 
 
 class RunState(str, enum.Enum):
@@ -75,6 +75,14 @@ class UnitResult:
         return (self.unit_id, self.part)
 
 
+class UnitStream(Protocol):
+    def submit(self, unit: WorkUnit, weights: Weights) -> None:
+        """Queue a unit to train from ``weights``; its ``unit_id`` seeds its clients as a round would."""
+
+    def next(self) -> UnitResult:
+        """The next unit to finish, whichever it is (blocks until one does)."""
+
+
 class ExecutorPool(Protocol):
     """Runs client work somewhere; the controller does not care where."""
 
@@ -84,6 +92,9 @@ class ExecutorPool(Protocol):
         self, round: int, weights: Weights, units: list[WorkUnit], close: RoundClosePolicy | None = None
     ) -> list[UnitResult]:
         """Every unit's result (or why its clients sent nothing), in ``order``."""
+
+    def open_stream(self) -> "UnitStream":
+        """For asynchronous training: units submitted one by one, results as they finish."""
 
     def evaluate(self, weights: Weights) -> dict[str, float]: ...
 

@@ -102,6 +102,8 @@ class RayExecutorPool:
         n = self.config.data.num_clients
         selected = self.config.cohort.selected(n)
         size = self.config.executors.unit_size or default_unit_size(selected)
+        if self.config.asynchronous.enabled:  # a steady `concurrency` one-client units
+            selected, size = self.config.asynchronous.concurrency, 1
         allowed, first = Counter(), Counter()
         for pools, count in Counter(self._placement.get(c, ()) for c in range(n)).items():
             pools = pools or tuple(self._shapes)
@@ -277,6 +279,9 @@ class RayExecutorPool:
     ) -> list[UnitResult]:
         return _Round(self, round, self._put(weights), units, close).run()
 
+    def open_stream(self) -> "_Stream":
+        return _Stream(self)
+
     def _call_any(self, method: str, *args: Any) -> Any:
         """Call one method on a ready executor, moving to another if it dies."""
         cfg = self.config.executors
@@ -392,8 +397,13 @@ class _Round:
 
     def _send(self, unit: WorkUnit, executor: _Executor) -> None:
         self.attempts[unit.order] += 1
-        self.inflight[executor.actor.run_unit.remote(self.round, self.weights_ref, unit)] = (executor.index, unit)
+        round, weights_ref = self._inputs(unit)
+        self.inflight[executor.actor.run_unit.remote(round, weights_ref, unit)] = (executor.index, unit)
         executor.load += 1
+
+    def _inputs(self, unit: WorkUnit) -> tuple[int, Any]:
+        """The round number (its clients' seeds) and the weights a unit trains from."""
+        return self.round, self.weights_ref
 
     def _steal(self, free: list[_Executor]) -> None:
         """An idle executor takes a unit that waits behind another executor's running call
@@ -488,6 +498,49 @@ class _Round:
                     f"({self.pool._describe_shapes(pools)}); add nodes with those resources/labels "
                     "(an autoscaler node type, a Slurm job joining the head), or change the `clients` rules"
                 )
+
+
+class _Stream(_Round):
+    """Asynchronous training (FedBuff): units are submitted one at a time, each with the
+    weights version it starts from, and come back in the order they finish. Failures
+    follow the same policy as a round's: retried, split, or reported as dropped."""
+
+    def __init__(self, pool: RayExecutorPool) -> None:
+        super().__init__(pool, 0, None, [], None)
+        self.work = pool._typical_work  # the executors a steady stream of `concurrency` units needs
+        self._refs: dict[int, Any] = {}  # unit id (its dispatch number) -> its weights' object ref
+        self._versions: dict[int, tuple[Weights, Any]] = {}  # id(weights) -> (weights, ref): each version put once
+
+    def _inputs(self, unit: WorkUnit) -> tuple[int, Any]:
+        return unit.unit_id, self._refs[unit.unit_id]  # a dispatch's number seeds its client, as a round does
+
+    def submit(self, unit: WorkUnit, weights: Weights) -> None:
+        if id(weights) not in self._versions:
+            self._versions[id(weights)] = (weights, ray.put(weights))
+        self._refs[unit.unit_id] = self._versions[id(weights)][1]
+        self.queue.append(unit)
+
+    def next(self) -> UnitResult:
+        """The next unit to finish (blocks until one does)."""
+        pool = self.pool
+        while not self.results:
+            if not self.queue and not self.inflight:
+                raise RuntimeError("next() with nothing submitted")
+            pool._check_starting()
+            pool._rebalance(self.work)
+            self._dispatch()
+            self._check_starved()
+            if not self.inflight:  # waiting for an executor to be placed
+                pool._check_starting(timeout=0.5)
+                continue
+            ready, _ = ray.wait(list(self.inflight), num_returns=1, timeout=0.5)
+            for call in ready:
+                self._collect(call)
+        result = self.results.pop(0)
+        self._refs.pop(result.unit_id, None)
+        live = {id(ref) for ref in self._refs.values()}
+        self._versions = {k: v for k, v in self._versions.items() if id(v[1]) in live}  # versions nobody trains from
+        return result
 
 
 def _unreported(unit: WorkUnit, status: str, reason: str, attempts: int) -> UnitResult:

@@ -137,6 +137,7 @@ SECTIONS: dict[str, list[type[BaseModel]]] = {
     ],
     "strategy.robust": [cfg.MedianConfig, cfg.TrimmedMeanConfig, cfg.KrumConfig],
     "compression": [cfg.CompressionConfig],
+    "asynchronous": [cfg.AsynchronousConfig],
     "simulation": [cfg.SimulationConfig],
     "checkpoint": [cfg.CheckpointConfig],
     "cluster": [cfg.ClusterConfig],
