@@ -261,7 +261,10 @@ def _round_text(record: dict[str, Any], rounds: int, lost_before: int = 0) -> st
     if record.get("clients_late"):
         clients += f" / {record['clients_late']} late"
     parts.append(clients)
-    parts.append(f"retries {record.get('unit_retries', 0)}")
+    if "asynchronous" in record:  # FedBuff: how old the buffered updates were
+        parts.append(f"staleness {record['asynchronous']['staleness_mean']:.1f} (max {record['asynchronous']['staleness_max']})")
+    else:
+        parts.append(f"retries {record.get('unit_retries', 0)}")
     executors = record.get("executors", {})
     pools = executors.get("pools", {})
     if pools:  # ready executors, +those waiting for a node; per pool when there are several

@@ -2,7 +2,9 @@
 
 A ClientWorker serves many logical clients one after another: it loads the
 data set and its partition once, then trains each client of a work unit,
-rejects bad updates, and returns one partial weighted sum for the unit.
+rejects bad updates, passes the good ones through the update pipeline
+(elasticfl/updates.py), and returns one partial weighted sum for the unit, or
+the updates one by one where the aggregation needs them (strategy.robust).
 """
 
 from __future__ import annotations
