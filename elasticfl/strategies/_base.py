@@ -142,8 +142,9 @@ class ClientUpdate:
 class Strategy(Protocol):
     """Turns one round's updates into the next global weights.
 
-    ``needs_all_updates`` False means the strategy only needs a WeightedSum, so
-    executors may pre-aggregate work units where the updates are.
+    A strategy sees only a WeightedSum, so executors pre-aggregate work units where
+    the updates are. Robust aggregation (strategy.robust) needs every update: the
+    controller then builds that WeightedSum from them (see controller._robust_mean).
 
     Optional, for strategies with a client half (duck-typed, see SCAFFOLD and FedNova):
     ``shared(global_weights) -> dict`` server state every client of the round gets;
@@ -153,7 +154,6 @@ class Strategy(Protocol):
     """
 
     name: str
-    needs_all_updates: bool
 
     def aggregate(self, global_weights: Weights, summed: WeightedSum) -> Weights: ...
 

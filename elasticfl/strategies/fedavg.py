@@ -12,7 +12,6 @@ __all__ = ["FedAvg"]
 
 class FedAvg:
     name = "fedavg"
-    needs_all_updates = False
 
     def aggregate(self, global_weights: Weights, summed: WeightedSum) -> Weights:
         if summed.total_weight <= 0:

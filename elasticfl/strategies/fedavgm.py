@@ -18,7 +18,6 @@ __all__ = ["FedAvgM"]
 
 class FedAvgM:
     name = "fedavgm"
-    needs_all_updates = False
 
     def __init__(self, server_lr: float = 1.0, momentum: float = 0.9) -> None:
         self.server_lr = server_lr

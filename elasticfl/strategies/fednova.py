@@ -43,7 +43,6 @@ def local_work(steps: int, momentum: float = 0.0) -> float:
 
 class FedNova:
     name = "fednova"
-    needs_all_updates = False
 
     def __init__(self, momentum: float = 0.0) -> None:
         self.momentum = momentum  # the clients' local SGD momentum (task.momentum)

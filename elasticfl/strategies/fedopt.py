@@ -26,7 +26,6 @@ __all__ = ["FedOpt"]
 
 class FedOpt:
     name = "fedopt"
-    needs_all_updates = False
 
     def __init__(self, server_lr: float = 0.1, beta1: float = 0.9, beta2: float = 0.99, tau: float = 1e-3) -> None:
         self.server_lr = server_lr

@@ -35,7 +35,6 @@ _DELTA = "scaffold_control_delta"  # Σ (c_i⁺ − c_i) over the round's client
 
 class Scaffold:
     name = "scaffold"
-    needs_all_updates = False
 
     def __init__(self, num_clients: int, local_lr: float | None, server_lr: float = 1.0) -> None:
         self.num_clients = num_clients
