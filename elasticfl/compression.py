@@ -52,7 +52,7 @@ import numpy as np
 
 from .weights import Weights
 
-__all__ = ["CODECS", "EncodedArray", "Encoded", "encode", "decode", "compress", "raw_nbytes", "topk_count"]
+__all__ = ["CODECS", "EncodedArray", "Encoded", "encode", "decode", "compress", "topk_count"]
 
 CODECS = ("none", "fp16", "int8", "topk")
 
@@ -230,9 +230,3 @@ def compress(
     if error_feedback and codec != "none":
         new_residual = [t - d for t, d in zip(target, decoded)]
     return decoded, new_residual, encoded.nbytes
-
-
-def raw_nbytes(delta: Weights) -> int:
-    """Bytes of the delta sent uncompressed as float32 (non-float arrays at their own
-    size): the baseline for compression ratios, whatever dtype the delta was computed in."""
-    return int(sum(a.size * 4 if a.dtype.kind == "f" else a.nbytes for a in delta))

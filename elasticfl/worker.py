@@ -147,7 +147,8 @@ class ClientWorker:
                 reports.append(self._report(cid, "rejected", start, reason=reason))
                 continue
             if one_by_one is not None:
-                one_by_one.append((cid, update.weight, update.weights))
+                if update.weight > 0:  # a client with no data has nothing to vote with (Krum would favour it)
+                    one_by_one.append((cid, update.weight, update.weights))
                 summed.total_weight += update.weight
                 summed.count += 1
             else:

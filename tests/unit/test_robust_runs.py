@@ -113,3 +113,24 @@ def test_bad_robust_settings_name_the_field():
         noisy(1, {"name": "fedavg", "robust": {"name": "trimmed_mean", "beta": 0.5}})
     with pytest.raises(ConfigError, match="simulation.byzantine"):
         noisy(1, byzantine="11-12")
+
+
+def test_clients_without_data_get_no_vote_in_robust_aggregation():
+    from elasticfl.selection import WorkUnit
+    from elasticfl.worker import ClientWorker
+
+    cfg = RunConfig.from_dict(
+        {
+            "task": {"type": "classification", "hidden": [8]},
+            "data": {"dataset": "digits", "num_clients": 100, "partition": {"name": "dirichlet", "alpha": 0.1}},
+            "cohort": {"clients_per_round": 20},
+            "strategy": {"name": "fedavg", "robust": {"name": "krum", "num_malicious": 2}},
+        }
+    )
+    worker = ClientWorker(cfg)
+    worker._load_data()
+    empty = next(c for c, rows in enumerate(worker._clients) if len(rows) == 0)
+    full = next(c for c, rows in enumerate(worker._clients) if len(rows) > 0)
+    result = worker.run_unit(1, worker.init_weights(), WorkUnit(0, tuple(sorted((empty, full)))))
+    assert [c.status for c in result.clients] == ["ok", "ok"]  # the empty client is not a failure ...
+    assert [u[0] for u in result.updates] == [full]  # ... but an unchanged model is no vote
