@@ -228,7 +228,8 @@ class CohortConfig(_Section):
 
     clients_per_round: int | None = Field(None, ge=1)
     fraction: float | None = Field(None, gt=0, le=1)
-    min_clients: int | None = Field(None, ge=1)  # fewer successful updates than this fails the round
+    # fewer successful updates than this fails the round (default 1); 0: a round with none keeps the weights
+    min_clients: int | None = Field(None, ge=0)
     over_select: float = Field(0.0, ge=0, le=1)  # select this fraction more; the round closes at the target
     deadline_s: float | None = Field(None, gt=0)  # close the round then, if min_clients have reported
     selection: SelectionConfig = Field(default_factory=UniformSelectionConfig)  # how the cohort is picked

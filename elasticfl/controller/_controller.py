@@ -66,7 +66,7 @@ class Controller:
         n = config.data.num_clients
         cohort = config.cohort
         self.selector = build_selector(config)  # cohort.selection; seeded by the run, fed the history
-        self.quorum = cohort.min_clients or 1
+        self.quorum = 1 if cohort.min_clients is None else cohort.min_clients
         self.close_policy = RoundClosePolicy(cohort.size(n), self.quorum, cohort.deadline_s, cohort.over_select > 0)
         self.placement = config.client_pools()
         self.privacy = (  # DP-FedAvg: clip norm, noise, accountant

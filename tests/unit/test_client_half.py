@@ -6,7 +6,7 @@ import pytest
 
 from elasticfl import ConfigError, RunConfig
 from elasticfl.checkpoint import CheckpointStore
-from elasticfl.controller import Controller
+from elasticfl.controller import Controller, RunState
 from elasticfl.simulation import straggler_work
 from elasticfl.strategies import ClientUpdate, FedNova, Scaffold, WeightedSum
 from elasticfl.strategies.fednova import local_work
@@ -190,3 +190,14 @@ def test_compressed_rounds_record_the_bytes_clients_sent(codec, ratio, tmp_path)
 def test_clear_errors_for_combinations_that_cannot_work(sections, match):
     with pytest.raises(ConfigError, match=match):
         RunConfig.from_dict(sections)
+
+
+def test_min_clients_zero_lets_a_round_without_updates_keep_the_weights(tmp_path):
+    everyone_straggles = {"simulation": {"stragglers": 1.0, "straggler_policy": "drop"}}
+    cfg = digits(1, **everyone_straggles)
+    failed = Controller(cfg, "c", InProcessPool(cfg), CheckpointStore(str(tmp_path / "a"), "c"))
+    assert failed.run() is RunState.FAILED and "cohort.min_clients=1" in failed.error  # the default quorum
+    c = run(digits(2, cohort={"clients_per_round": 5, "min_clients": 0}, **everyone_straggles), tmp_path / "c")
+    initial = InProcessPool(c.config).init_weights()
+    assert all(np.array_equal(a, b) for a, b in zip(c.weights, initial))
+    assert [h["clients_ok"] for h in c.history] == [0, 0] and [h["clients_late"] for h in c.history] == [5, 5]
