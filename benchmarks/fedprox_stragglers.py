@@ -12,7 +12,7 @@ The defaults (200 rounds, 3 seeds) take about 45 minutes on a 2-core machine;
 RESULTS.md says what was run.
 
 Each run goes through elasticfl's ``Controller`` with an ``InProcessPool`` (no Ray),
-stepped one round at a time so that every 10 rounds the script can compute the
+checkpointing every 10 rounds; the script reads those checkpoints back to compute the
 paper's metric: the training loss of the global model over all 30 devices' training
 rows (row-weighted mean cross-entropy), plus the central test accuracy at the end.
 The data set is fixed (data seed 0); a run seed changes the cohorts, the stragglers,
@@ -253,7 +253,7 @@ metric is the paper's: the global model's training loss over all 30 devices'
 training rows (row-weighted mean cross-entropy), computed by the script every 10
 rounds, plus accuracy on the central test set (the last 10% of each device's rows)
 at the end. Each run is elasticfl's `Controller` on an `InProcessPool` (no Ray),
-stepped a round at a time, torch on one thread. A run seed changes the cohorts, the
+torch on one thread, checkpointing every 10 rounds for the curve. A run seed changes the cohorts, the
 stragglers, the initial weights and the SGD order, not the data; runs are
 deterministic (the seed-0 curves of both groups below agree bit for bit up to round 100).
 
