@@ -501,12 +501,15 @@ class SimulationConfig(_Section):
     # partial: a straggler does a random share of its local steps and that partial work is
     # aggregated (FedProx, FedNova); drop: stragglers are left out of the round (FedAvg's way).
     straggler_policy: Literal["partial", "drop"] = "partial"
+    # Clients on slow hardware (ids like "0-19"): each of their trainings takes slow_s longer.
+    slow_clients: str | None = None
+    slow_s: float = Field(0.0, ge=0)
     # Clients that attack (ids like "0-4"): they send a sign-flipped or noise update every round.
     byzantine: str | None = None
     attack: Literal["sign_flip", "gaussian"] = "sign_flip"
     attack_scale: float = Field(10.0, gt=0)
 
-    @field_validator("byzantine")
+    @field_validator("byzantine", "slow_clients")
     @classmethod
     def _ids(cls, v: str | None) -> str | None:
         if v is not None:
@@ -515,6 +518,9 @@ class SimulationConfig(_Section):
 
     def byzantine_ids(self) -> frozenset[int]:
         return frozenset(parse_id_ranges(self.byzantine)) if self.byzantine else frozenset()
+
+    def slow_ids(self) -> frozenset[int]:
+        return frozenset(parse_id_ranges(self.slow_clients)) if self.slow_clients else frozenset()
 
 
 class RunConfig(_Section):
@@ -556,9 +562,10 @@ class RunConfig(_Section):
             )
         self._check_strategy(size)
         self._check_asynchronous()
-        past = sorted(c for c in self.simulation.byzantine_ids() if c >= n)
-        if past:
-            raise ValueError(f"simulation.byzantine: client {past[0]} is past data.num_clients ({n}); ids count from 0")
+        for field, ids in (("byzantine", self.simulation.byzantine_ids()), ("slow_clients", self.simulation.slow_ids())):
+            past = sorted(c for c in ids if c >= n)
+            if past:
+                raise ValueError(f"simulation.{field}: client {past[0]} is past data.num_clients ({n}); ids count from 0")
         if self.data.dataset == "none" and isinstance(self.task, ClassificationTaskConfig):
             raise ValueError("data.dataset 'none' needs a task of type 'custom' that brings its own data")
         return self

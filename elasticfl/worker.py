@@ -41,6 +41,7 @@ class ClientWorker:
         self._dataset: Any = None
         self._pipeline: UpdatePipeline | None = None
         self._byzantine = config.simulation.byzantine_ids()
+        self._slow = config.simulation.slow_ids()
 
     # -- lazy set-up: the first call pays for imports and data loading ----------------
     @property
@@ -122,6 +123,8 @@ class ClientWorker:
             if work is not None and sim.straggler_policy == "drop":
                 reports.append(self._report(cid, "late", start, reason=f"straggler (simulation.stragglers), did {work:.0%} of its work"))
                 continue
+            if cid in self._slow:  # simulated slow hardware: the client's training takes this much longer
+                time.sleep(sim.slow_s)
             state = unit.state.get(cid, {})
             ctx = TrainContext(
                 round, cid, seed, np.random.default_rng(client_seed(seed, round, cid)),

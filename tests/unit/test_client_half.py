@@ -201,3 +201,9 @@ def test_min_clients_zero_lets_a_round_without_updates_keep_the_weights(tmp_path
     initial = InProcessPool(c.config).init_weights()
     assert all(np.array_equal(a, b) for a, b in zip(c.weights, initial))
     assert [h["clients_ok"] for h in c.history] == [0, 0] and [h["clients_late"] for h in c.history] == [5, 5]
+
+
+def test_slow_clients_take_longer(tmp_path):
+    c = run(digits(1, simulation={"slow_clients": "0-5", "slow_s": 0.2}), tmp_path)
+    clients = c.history[0]["clients"]
+    assert all((cl["duration_s"] >= 0.2) == (cl["client_id"] <= 5) for cl in clients)
