@@ -406,9 +406,11 @@ def _robust_mean(config, updates: list[tuple[int, float, Weights]], summed: Weig
     else:
         result, kept = robust.krum(arrays, [u[1] for u in updates], config.num_malicious, config.num_to_keep)
         info["kept"] = [updates[i][0] for i in kept]
-    summed.sums = [np.asarray(r, np.float64) for r in result]
+    # The aggregate stands for the weighted mean: scaled by the clients' total weight (which
+    # side sums such as FedNova's are relative to), mean() hands it back. Exactly: a float32
+    # value times an integer example count is exact in float64, and so is the division.
+    summed.sums = [np.asarray(r, np.float64) * summed.total_weight for r in result]
     summed.dtypes = [a.dtype.str for a in arrays[0]]
-    summed.total_weight = 1.0  # the aggregate stands for the weighted mean: mean() hands it back as it is
     return {"aggregation": info}
 
 

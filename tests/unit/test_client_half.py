@@ -207,3 +207,12 @@ def test_slow_clients_take_longer(tmp_path):
     c = run(digits(1, simulation={"slow_clients": "0-5", "slow_s": 0.2}), tmp_path)
     clients = c.history[0]["clients"]
     assert all((cl["duration_s"] >= 0.2) == (cl["client_id"] <= 5) for cl in clients)
+
+
+def test_fednova_composes_with_robust_aggregation(tmp_path):
+    # FedNova's effective work is relative to the clients' total weight; the robust
+    # aggregate must keep that weight, or τ_eff grows by the examples count and diverges
+    nova = run(digits(3, strategy={"name": "fednova", "robust": {"name": "median"}}), tmp_path / "m")
+    plain = run(digits(3, strategy={"name": "fednova"}), tmp_path / "p")
+    for a, b in zip(nova.weights, plain.weights):
+        assert np.abs(a - b).max() < 1.0  # same scale of step as without the median
