@@ -19,7 +19,7 @@ import math
 import secrets
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import ray
@@ -43,6 +43,9 @@ log = logging.getLogger("elasticfl.pool")
 _PREFETCH = 2
 # Once one executor is placed, how long a run's start waits for the others.
 _START_GRACE_S = 10.0
+# How long an executor may go on with a closed round's call before it is replaced: a
+# client that was merely late finishes within it and keeps its executor (and loaded data).
+_LEFTOVER_GRACE_S = 0.1
 # How often, at most, the pool re-reads the cluster's nodes while a round runs.
 _REBALANCE_EVERY_S = 1.0
 # How Ray records a node that was shut down on purpose (NodeDeathInfo.Reason): EXPECTED_TERMINATION
@@ -60,6 +63,8 @@ class _Executor:
     ready_call: Any | None  # the ready() call until it answers: placed and data loaded
     node_id: str | None = None
     load: int = 0  # calls queued or running on it
+    leftover: list[Any] = field(default_factory=list)  # calls of a closed round still on it: no new work till done
+    leftover_since: float = 0.0
 
     @property
     def placed(self) -> bool:
@@ -202,6 +207,24 @@ class RayExecutorPool:
             self.preempted += kind is FailureKind.PREEMPTED
             self._nodes_read_at = -math.inf  # re-read the nodes: the cluster just changed
 
+    def _reap_leftovers(self, wait_s: float = 0.0) -> None:
+        """Free executors whose closed-round calls have finished (waiting up to ``wait_s``);
+        replace those still busy after the grace: a straggler would hold them for the rest of
+        its work, while a client that was merely late keeps its executor and loaded data."""
+        busy = [e for e in self._executors.values() if e.leftover]
+        if not busy:
+            return
+        calls = [c for e in busy for c in e.leftover]
+        done = set(ray.wait(calls, num_returns=len(calls), timeout=wait_s)[0])
+        now = time.monotonic()
+        for executor in busy:
+            finished = [c for c in executor.leftover if c in done]
+            executor.leftover = [c for c in executor.leftover if c not in done]
+            executor.load -= len(finished)
+            if executor.leftover and now - executor.leftover_since >= _LEFTOVER_GRACE_S:
+                log.info("executor %d is still busy with a closed round's client; replacing it", executor.index)
+                self._kill(executor.index)
+
     def _check_starting(self, timeout: float = 0.0) -> None:
         """Mark executors that have been placed and loaded their data as ready."""
         calls = {e.ready_call: e for e in self._executors.values() if e.ready_call is not None}
@@ -286,6 +309,7 @@ class RayExecutorPool:
         """Call one method on a ready executor, moving to another if it dies."""
         cfg = self.config.executors
         for _ in range(cfg.max_unit_retries + cfg.max_preemptions + 1):
+            self._reap_leftovers(wait_s=_LEFTOVER_GRACE_S)  # never queue behind a closed round's straggler
             deadline = time.monotonic() + self._placement_timeout_s
             while not self._placed() and time.monotonic() < deadline:
                 self._check_starting(timeout=1.0)
@@ -350,12 +374,14 @@ class _Round:
         self.started = time.monotonic()
         self.starved_since: dict[tuple[str, ...], float] = {}
         self.work = Counter(p for u in units for p in pool._pools_of(u))
+        pool._reap_leftovers(wait_s=_LEFTOVER_GRACE_S)  # the last round's late clients: done, or replaced now
         pool._request_capacity(Counter(pool._pools_of(u)[0] for u in units))
         pool._rebalance(self.work, force=True)
 
     def run(self) -> list[UnitResult]:
         pool = self.pool
         while self.queue or self.inflight:
+            pool._reap_leftovers()
             pool._check_starting()
             pool._rebalance(self.work)
             self._dispatch()
@@ -376,7 +402,7 @@ class _Round:
 
     def _dispatch(self) -> None:
         pool = self.pool
-        free = [e for e in pool._placed() if e.load < _PREFETCH and e.node_id not in pool._draining]
+        free = [e for e in pool._placed() if e.load < _PREFETCH and not e.leftover and e.node_id not in pool._draining]
         if not free:
             return
         waiting = []
@@ -470,11 +496,21 @@ class _Round:
             self.results.append(_unreported(unit, "failed", decision.reason, self.attempts[unit.order]))
 
     def _abandon(self, reason: str) -> None:
-        """The round closes early: queued units are not run, running ones are discarded, and
-        the executors running them are replaced (a straggler would hold them past the round)."""
+        """The round closes early: queued units are not run and running ones are discarded.
+        Calls queued on an executor are cancelled; an executor still running one is left to
+        finish it and replaced if that takes longer than a short grace (see _reap_leftovers)."""
         pool = self.pool
+        now = time.monotonic()
         for call, (index, unit) in self.inflight.items():
-            pool._kill(index)
+            try:
+                ray.cancel(call)  # a call that has not started never will; a running one goes on
+            except Exception:  # already finished
+                pass
+            executor = pool._executors.get(index)
+            if executor is not None:
+                executor.leftover.append(call)
+                if len(executor.leftover) == 1:
+                    executor.leftover_since = now
             self.results.append(_unreported(unit, "late", reason, self.attempts[unit.order]))
         for unit in self.queue:
             self.results.append(_unreported(unit, "late", reason, self.attempts[unit.order]))
@@ -526,6 +562,7 @@ class _Stream(_Round):
         while not self.results:
             if not self.queue and not self.inflight:
                 raise RuntimeError("next() with nothing submitted")
+            pool._reap_leftovers()
             pool._check_starting()
             pool._rebalance(self.work)
             self._dispatch()

@@ -178,3 +178,12 @@ def test_a_round_deadline_closes_the_round_without_its_stragglers(ray_local, tmp
         assert late == [4, 5]  # the straggler and its unit-mate were not waited for
         assert record["clients_ok"] == 10 and record["clients_late"] == 2
         assert record["duration_s"] < 15
+
+
+def test_over_selection_keeps_its_executors_when_the_late_clients_finish_quickly(ray_local, tmp_path):
+    # Closing a round at its target leaves a few fast clients running or queued: their calls are
+    # cancelled or finish within the grace, so no executor is replaced (no restart, no data reload).
+    config = noisy_config(rounds=4, clients=12, per_round=10, unit_size=1).with_overrides(cohort={"over_select": 0.2})
+    result = elasticfl.run(config, storage=str(tmp_path))
+    assert result.ok and all(r["clients_ok"] == 10 and r["clients_late"] == 2 for r in result.history)
+    assert [(r["executors"]["ready"], r["executors"]["starting"]) for r in result.history] == [(2, 0)] * 4
