@@ -497,15 +497,13 @@ class _Round:
 
     def _abandon(self, reason: str) -> None:
         """The round closes early: queued units are not run and running ones are discarded.
-        Calls queued on an executor are cancelled; an executor still running one is left to
-        finish it and replaced if that takes longer than a short grace (see _reap_leftovers)."""
+        An executor with calls of the round left is given a short grace to finish them and is
+        replaced after it (see _reap_leftovers). The calls are not cancelled: cancelling a
+        call already sent to an actor leaves a gap in its ordered queue, which Ray 2.60 waits
+        30 s on and then fails the actor's next call."""
         pool = self.pool
         now = time.monotonic()
         for call, (index, unit) in self.inflight.items():
-            try:
-                ray.cancel(call)  # a call that has not started never will; a running one goes on
-            except Exception:  # already finished
-                pass
             executor = pool._executors.get(index)
             if executor is not None:
                 executor.leftover.append(call)
