@@ -74,8 +74,8 @@ METHODS = {  # name: (cohort, asynchronous, strategy); sync-deadline's deadline_
         {"name": "fedavgm", "server_lr": 1.0, "momentum": 0.5},
     ),
 }
-# sync-overselect closes every round with units in flight, and each such close replaces
-# executors (seconds here): it is left out unless named with --only.
+# sync-overselect closes every round with units in flight (and, with a slow leftover, may
+# replace an executor): it is left out unless named with --only.
 DEFAULT_METHODS = ["sync", "sync-deadline", "sync-m", "fedbuff", "fedbuff-m"]
 
 
@@ -197,6 +197,8 @@ def table(rows: list[dict], slow_s: float) -> str:
             label += f": {_cells(mine, lambda r: format(r['deadline_s'], 'g'))} s, closed {_cells(mine, lambda r: str(r['rounds_closed_early']))} rounds early"
         if [r["seed"] for r in mine] != seeds:
             label += f" (seed {', '.join(str(r['seed']) for r in mine)} only)"
+        if mine[0].get("note"):
+            label += f" ({mine[0]['note']})"
         to_s = _cells(mine, lambda r: none if r["seconds_to_target"] is None else f"{r['seconds_to_target']:.1f} s")
         to_n = _cells(mine, lambda r: none if r["updates_to_target"] is None else str(r["updates_to_target"]))
         acc = _cells(mine, lambda r: f"{r['final_accuracy']:.3f} ({r['last10_mean_accuracy']:.3f})")
@@ -266,7 +268,7 @@ def _reflow(text: str, width: int = 90) -> str:
         wrapped = []
         for item in re.split(r"\n(?=- )", block):
             indent = "  " if item.startswith("- ") else ""
-            wrapped.append(textwrap.fill(" ".join(item.split()), width, subsequent_indent=indent))
+            wrapped.append(textwrap.fill(" ".join(item.split()), width, subsequent_indent=indent, break_on_hyphens=False))
         out.append("\n".join(wrapped))
     return "\n\n".join(out).rstrip("\n") + "\n"
 
@@ -300,16 +302,30 @@ def section_text(rows: list[dict]) -> str:
     stale_slow = [r["staleness_mean_slow"] for r in rows if "staleness_mean_slow" in r]
     stale_normal = [r["staleness_mean_normal"] for r in rows if "staleness_mean_normal" in r]
     deadline_rows = [r for r in rows if r["method"] == "sync-deadline"]
+    lo_to = [r["seconds_to_target"] for r in rows if r["slow_s"] == lo and r["seconds_to_target"] is not None]
     over = [r for r in rows if r["method"] == "sync-overselect"]
     over_text = ""
     if over:
         o = over[0]
         sync_o = next(r for r in rows if r["method"] == "sync" and r["slow_s"] == o["slow_s"] and r["seed"] == o["seed"])
         over_text = (
-            f" Over-selection closes every round early ({o['rounds_closed_early']} of {o['rounds_done']}): "
-            f"{o['train_wall_s']:.0f} s instead of sync's {sync_o['train_wall_s']:.0f} s (seed {o['seed']}, slow_s {o['slow_s']:g}), "
-            f"{o['late_slow']} of its {o['late']} dropped clients slow, and the slow clients' share of its updates went up, "
-            f"to {o['slow_share']:.0%}."
+            f" sync-overselect closes every round early ({o['rounds_closed_early']} of {o['rounds_done']}) and is still"
+            f" slower than sync (seed {o['seed']}, slow_s {o['slow_s']:g}): {o['train_wall_s']:.1f} s for the rounds against"
+            f" {sync_o['train_wall_s']:.1f} s, a median round of {o['round_s_median']:.2f} s against {sync_o['round_s_median']:.2f} s,"
+            f" {o['executor_busy_share']:.0%} executors busy against {sync_o['executor_busy_share']:.0%}, and"
+            f" {o['seconds_to_target']:.1f} s to 85% against {sync_o['seconds_to_target']:.1f} s (in {o['updates_to_target']}"
+            f" updates against {sync_o['updates_to_target']}); {o['late_slow']} of its {o['late']} dropped clients were slow,"
+            f" and the slow clients' share of its updates was {o['slow_share']:.0%} (sync {sync_o['slow_share']:.0%})."
+        )
+        # from a separate run with the same settings that logged each round's executors
+        # (the history's "executors" field): seed 0, slow_s 0.3, 41.1 s for the rounds
+        over_text += (
+            " What it loses is executors: a separate run with the same settings (41.1 s for the rounds)"
+            " replaced an executor in 11 of its 60 rounds, each time because a slow client (id under 20)"
+            " dispatched early in the closed round was still training 0.1 s after the close, and at 41 of"
+            " the 60 round ends one of the two executors was a replacement still starting, so one executor"
+            " did most of the work. The grace is too short for a 0.3 s straggler, and a replacement takes"
+            " seconds to start on this machine."
         )
     tables = "\n\n".join(
         f"**slow_s {x:g}** (a slow client ≈ {ratio[x]:.0f}× a normal one)\n\n{table(rows, x)}" for x in levels
@@ -332,7 +348,7 @@ of one CPU and gets the same budget: 60 rounds or server steps of 10 client upda
 - **sync-deadline**: the same with `cohort.deadline_s` at 1.5× the median round of the
   same seed's sync run, `min_clients: 5`; clients not back by then are dropped ("late").
 - **sync-overselect**: 12 picked (`over_select: 0.2`), the round closes at 10 updates;
-  one seed and level only, since it is slow here (below).
+  one seed and level only.
 - **sync-m**: sync with FedAvgM (server lr 1, momentum 0.5), the control for fedbuff-m.
 - **fedbuff**: `asynchronous: {{enabled: true, buffer_size: 10, concurrency: 4}}` (two
   executors, each training one client with one more queued), staleness weight
@@ -344,6 +360,12 @@ of one CPU and gets the same budget: 60 rounds or server steps of 10 client upda
 .venv/bin/python benchmarks/asynchronous.py --only sync-overselect --seeds 0 --slow-s 0.3 >> runs.jsonl
 .venv/bin/python benchmarks/asynchronous.py --from runs.jsonl --write
 ```
+
+After the early-close fix (below), sync-deadline and sync-overselect were rerun alone, one
+run after another (`--only sync-deadline` with the deadlines of the first runs,
+`--deadline-s 0.501` and `0.509` at slow_s 0.3, `0.1` at 0.03; `--only sync-overselect
+--seeds 0 --slow-s 0.3`), and their rows replaced; every other row is from the first runs
+(none of those methods closes a round early).
 
 The {len(rows)} runs took {sum(r["wall_s"] for r in rows) / 60:.0f} minutes in all. Each cell: seed {"; seed ".join(map(str, seeds))}.
 "Seconds to 85%": from round 1's start to the end of the first round (server step) whose
@@ -369,7 +391,7 @@ What the numbers show (pairs of values are seeds {" and ".join(map(str, seeds))}
   sync-m {fmt(get("sync-m", hi, "updates_to_target"), "d")}). Net, seconds to 85% at slow_s {hi:g}: fedbuff
   {fmt(get("fedbuff", hi, "seconds_to_target"))} against sync {fmt(get("sync", hi, "seconds_to_target"))};
   fedbuff-m {fmt(get("fedbuff-m", hi, "seconds_to_target"))} against sync-m {fmt(get("sync-m", hi, "seconds_to_target"))}.
-  At slow_s {lo:g} (a slow client about {ratio[lo]:.0f}× a normal one) every method gets there in 1-2 s and the differences are
+  At slow_s {lo:g} (a slow client about {ratio[lo]:.0f}× a normal one) every method gets there in {min(lo_to):.0f}-{max(lo_to):.0f} s and the differences are
   noise: a normal client's {normal_ms:.1f} ms of training is comparable to what a dispatch and
   its reply cost, so both modes are bound by per-call overhead, not by the slow clients.
   FedBuff's accuracy over the last 10 steps is {min(acc_gap):.1f}-{max(acc_gap):.1f} points below its
@@ -394,23 +416,38 @@ What the numbers show (pairs of values are seeds {" and ".join(map(str, seeds))}
 - **Staleness** is τ = 0 for {min(fresh):.0%}-{max(fresh):.0%} of the updates, 1 for
   {min(one):.0%}-{max(one):.0%}, 2 or 3 for the rest (at most {max(r["staleness_max"] for r in rows if "staleness_max" in r)}):
   with 4 in flight and a buffer of 10, about 3 updates a step cross a version boundary.
-- **Dropping stragglers costs more than waiting for them, here.** When a round closes
-  early, elasticfl replaces every executor holding a call of that round, running or only
-  queued; a replacement (a new process, imports, the data) took 1-5 s on this machine, and
-  the next evaluation waits for it. sync-deadline closed {fmt([r["rounds_closed_early"] for r in deadline_rows if r["slow_s"] == lo], "d")}
-  rounds early at slow_s {lo:g} (a run that never hit the deadline is plain sync) and
-  {fmt([r["rounds_closed_early"] for r in deadline_rows if r["slow_s"] == hi], "d")} at {hi:g}, and each early close cost
-  seconds. The clients it dropped were rarely slow ({sum(r["late_slow"] for r in deadline_rows)} of
-  {sum(r["late"] for r in deadline_rows)} over its runs): a round dispatches its clients in id order, so
-  clients 0-19 start first and the late ones are the highest ids still queued.{over_text}
-  A deadline pays here only when a straggler's delay is far longer than an executor
-  restart, and then drops whichever clients come last in id order.
+- **Dropping stragglers does not pay here.** Early closes used to cost seconds each, and
+  that was a bug, fixed in this session. A round that closed early replaced every executor
+  holding one of its calls, running or only queued (1-5 s for a new process, imports and
+  the data), and the next evaluation waited for it: sync-deadline took 44.0 s for seed 1's
+  rounds at slow_s 0.03 (17 early closes) and 42.3 and 67.2 s at 0.3 (5 and 11),
+  sync-overselect 159.8 s at 14% executors busy. A first fix cancelled the round's queued
+  calls and ran into Ray's ordered actor queue: cancelling a call already sent to an actor
+  leaves a gap in its sequence, which the actor waits 30 s on before failing the call
+  behind it (ray-project/ray issues #66020 and #65785 are related open issues on ordered
+  actor queues and cancellation). Now a closed round's leftover calls are left to finish,
+  and an executor still busy with one 0.1 s after the close is replaced. With that,
+  sync-deadline closed {fmt([r["rounds_closed_early"] for r in sorted(deadline_rows, key=lambda r: r["seed"]) if r["slow_s"] == lo], "d")} rounds early at slow_s {lo:g} and
+  {fmt([r["rounds_closed_early"] for r in sorted(deadline_rows, key=lambda r: r["seed"]) if r["slow_s"] == hi], "d")} at {hi:g}, none of them stalled (its longest round
+  {max(get("sync-deadline", lo, "round_s_max")):.2f} s at {lo:g}, {max(get("sync-deadline", hi, "round_s_max")):.2f} s at {hi:g}), and it is back to about
+  sync's pace: {fmt(get("sync-deadline", lo, "train_wall_s"))} s for the rounds against sync's {fmt(get("sync", lo, "train_wall_s"))} at slow_s {lo:g},
+  {fmt(get("sync-deadline", hi, "train_wall_s"))} against {fmt(get("sync", hi, "train_wall_s"))} at {hi:g}; {fmt(get("sync-deadline", hi, "seconds_to_target"))} s to 85% at {hi:g}
+  against sync's {fmt(get("sync", hi, "seconds_to_target"))}. It saves nothing because the deadline does not
+  drop the slow clients: a round dispatches its clients in id order, so clients 0-19
+  start first, and the late ones are the highest ids still queued. Of the
+  {sum(r["late"] for r in deadline_rows)} clients it dropped over its runs, {sum(r["late_slow"] for r in deadline_rows)} were slow; an early close saved at
+  most what was left of a slow client's sleep, and lost the updates of the normal clients
+  queued behind it.{over_text} A deadline could pay only if the slow clients were
+  the ones still out when it fires; as dispatched here it drops whichever clients come
+  last in id order.
 
 Caveats:
 
 - Two cores for the driver, Ray's daemons, the controller and two executors, on a shared
   VM that other jobs were loading; the same command moves by tens of percent. A seed's
-  methods run back to back.
+  methods run back to back. The sync-deadline and sync-overselect reruns ran later than
+  the other rows, one after another, and a CI run may have been using the same
+  two cores: compare them with sync to within tens of percent.
 - **Sleep instead of compute.** A slow client's sleep holds its executor (an actor runs
   one call at a time) but not its core. For the executors that is the same as real
   compute, each having a core of its own; the freed core goes to the driver, controller
