@@ -379,26 +379,34 @@ class _Round:
         pool._rebalance(self.work, force=True)
 
     def run(self) -> list[UnitResult]:
-        pool = self.pool
         while self.queue or self.inflight:
-            pool._reap_leftovers()
-            pool._check_starting()
-            pool._rebalance(self.work)
-            self._dispatch()
+            self._advance()
             if self.close is not None:
                 elapsed = time.monotonic() - self.started
                 reason = self.close.close_reason(RoundProgress(elapsed, self.ok, len(self.queue) + len(self.inflight)))
                 if reason is not None:
                     self._abandon(reason)
                     break
-            self._check_starved()
-            if not self.inflight:  # waiting for an executor to be placed
-                pool._check_starting(timeout=0.5)
-                continue
-            ready, _ = ray.wait(list(self.inflight), num_returns=1, timeout=0.5)
-            for call in ready:
-                self._collect(call)
+            self._await_results()
         return sorted(self.results, key=lambda r: r.order)
+
+    def _advance(self) -> None:
+        """Bring the executors up to date (freed, placed, started, replaced) and hand out work."""
+        pool = self.pool
+        pool._reap_leftovers()
+        pool._check_starting()
+        pool._rebalance(self.work)
+        self._dispatch()
+
+    def _await_results(self) -> None:
+        """Wait briefly for calls to finish, or with none in flight for an executor to be placed."""
+        self._check_starved()
+        if not self.inflight:
+            self.pool._check_starting(timeout=0.5)
+            return
+        ready, _ = ray.wait(list(self.inflight), num_returns=1, timeout=0.5)
+        for call in ready:
+            self._collect(call)
 
     def _dispatch(self) -> None:
         pool = self.pool
@@ -556,21 +564,11 @@ class _Stream(_Round):
 
     def next(self) -> UnitResult:
         """The next unit to finish (blocks until one does)."""
-        pool = self.pool
         while not self.results:
             if not self.queue and not self.inflight:
                 raise RuntimeError("next() with nothing submitted")
-            pool._reap_leftovers()
-            pool._check_starting()
-            pool._rebalance(self.work)
-            self._dispatch()
-            self._check_starved()
-            if not self.inflight:  # waiting for an executor to be placed
-                pool._check_starting(timeout=0.5)
-                continue
-            ready, _ = ray.wait(list(self.inflight), num_returns=1, timeout=0.5)
-            for call in ready:
-                self._collect(call)
+            self._advance()
+            self._await_results()
         result = self.results.pop(0)
         self._refs.pop(result.unit_id, None)
         live = {id(ref) for ref in self._refs.values()}
