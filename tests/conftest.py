@@ -70,3 +70,19 @@ def wait_controller_gone(run_id: str, timeout_s: float = 30.0) -> None:
             return
         time.sleep(0.1)
     raise AssertionError(f"the controller of {run_id} is still there after {timeout_s}s")
+
+
+def run_in_flower_venv(script: str, *args: str):
+    """Run benchmarks/SCRIPT in Flower's own venv (Flower pins another Ray, so it cannot share
+    ours); skips the test when that venv is not set up. Returns the CompletedProcess."""
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    flower_python = root / "benchmarks" / ".venv-flower" / "bin" / "python"
+    if not flower_python.exists():
+        pytest.skip("Flower's venv is not set up (bash benchmarks/setup_flower.sh)")
+    return subprocess.run(
+        [str(flower_python), str(root / "benchmarks" / script), *args],
+        capture_output=True, text=True, timeout=300, cwd=root,
+    )

@@ -14,6 +14,7 @@ from elasticfl.adaptive_clip import (
     next_clip_norm,
     update_noise_multiplier,
 )
+from tests.conftest import run_in_flower_venv
 
 
 # -- z_Δ ---------------------------------------------------------------------------------
@@ -242,17 +243,7 @@ def test_adaptive_clipping_agrees_with_flower():
     """Flower lives in benchmarks/.venv-flower (benchmarks/setup_flower.sh); the script
     loads elasticfl/adaptive_clip.py by path there and compares it with Flower's code."""
     import json
-    import subprocess
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[2]
-    flower_python = root / "benchmarks" / ".venv-flower" / "bin" / "python"
-    if not flower_python.exists():
-        pytest.skip("Flower's venv is not set up (bash benchmarks/setup_flower.sh)")
-    out = subprocess.run(
-        [str(flower_python), str(root / "benchmarks" / "adaptive_clip_vs_flower.py")],
-        capture_output=True, text=True, timeout=300, cwd=root,
-    )
+    out = run_in_flower_venv("adaptive_clip_vs_flower.py")
     reports = {r["check"]: r for r in (json.loads(line) for line in out.stdout.splitlines() if line.startswith("{"))}
     expected = {"noise_multiplier", "clip_norm_sequence", "flower_clipped_bits", "closed_loop", "summary"}
     assert expected <= set(reports), (out.stdout[-2000:], out.stderr[-2000:])

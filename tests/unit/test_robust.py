@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from elasticfl.strategies.robust import _krum_scores, bound_norm, coordinate_median, krum, trimmed_mean
+from tests.conftest import run_in_flower_venv
 
 
 def _clients(*rows):
@@ -205,16 +206,6 @@ def test_mismatched_or_missing_updates_are_refused():
 def test_robust_aggregation_agrees_with_flower():
     """Flower pins another Ray, so it lives in benchmarks/.venv-flower (benchmarks/setup_flower.sh);
     the comparison runs there, on the same client updates, and must report agreement."""
-    import subprocess
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[2]
-    flower_python = root / "benchmarks" / ".venv-flower" / "bin" / "python"
-    if not flower_python.exists():
-        pytest.skip("Flower's venv is not set up (bash benchmarks/setup_flower.sh)")
-    out = subprocess.run(
-        [str(flower_python), str(root / "benchmarks" / "robust_vs_flower.py")],
-        capture_output=True, text=True, timeout=300, cwd=root,
-    )
+    out = run_in_flower_venv("robust_vs_flower.py")
     assert out.returncode == 0, out.stdout + out.stderr[-2000:]
     assert "agrees with Flower" in out.stdout

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from elasticfl.strategies import FedAvg, FedAvgM, WeightedSum
+from tests.conftest import run_in_flower_venv
 
 
 def _sum(updates):
@@ -312,17 +313,7 @@ def test_server_optimisers_agree_with_flower():
     """Flower pins another Ray, so it lives in benchmarks/.venv-flower (benchmarks/setup_flower.sh);
     the comparison runs there, on the same client results, and must report agreement."""
     import json
-    import subprocess
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[2]
-    flower_python = root / "benchmarks" / ".venv-flower" / "bin" / "python"
-    if not flower_python.exists():
-        pytest.skip("Flower's venv is not set up (bash benchmarks/setup_flower.sh)")
-    out = subprocess.run(
-        [str(flower_python), str(root / "benchmarks" / "strategies.py"), "--against-flower"],
-        capture_output=True, text=True, timeout=300, cwd=root,
-    )
+    out = run_in_flower_venv("strategies.py", "--against-flower")
     reports = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
     assert {r["strategy"] for r in reports} == {"fedadam", "fedyogi", "fedadagrad"}, out.stderr[-2000:]
     assert all(r["agrees"] and r["max_abs_diff_m"] == 0 and r["max_abs_diff_v"] == 0 for r in reports), reports
